@@ -1,0 +1,124 @@
+"""Data set loading: one entry point, :func:`load_dataset`, from a ``DatasetConfig``.
+
+Every loader returns an :class:`ImageDataset` of normalised tensors; subsetting
+(``max_train_per_class``, ``max_test``) is applied here, once, for all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Optional, Protocol
+
+import torch
+
+from dpgd.data.bundle import ImageDataset
+from dpgd.errors import ConfigError
+
+__all__ = ["DATASET_NAMES", "ImageDataset", "dataset_fingerprint", "default_data_root", "load_dataset"]
+
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "tinyimagenet", "celeba", "imagefolder")
+DATA_ROOT_ENV = "DPGD_DATA_ROOT"
+# The test subset (max_test) is drawn with this fixed seed, not the run seed, so runs that
+# differ only in seed are scored on the same test images.
+TEST_SUBSET_SEED = 0
+
+
+class DatasetSettings(Protocol):
+    """The attributes of ``dpgd.config.DatasetConfig`` that loading reads."""
+
+    name: str
+    root: Optional[str]
+    download: bool
+    image_size: Optional[int]
+    target_attr: str
+    max_train_per_class: Optional[int]
+    max_test: Optional[int]
+
+
+def default_data_root() -> Path:
+    """Where data sets live when ``dataset.root`` is null: ``$DPGD_DATA_ROOT``, else ``~/.cache/dpgd/data``."""
+    env = os.environ.get(DATA_ROOT_ENV, "").strip()
+    return Path(env or "~/.cache/dpgd/data").expanduser()
+
+
+def _resolve_root(cfg: DatasetSettings) -> Path:
+    return Path(cfg.root).expanduser() if cfg.root else default_data_root()
+
+
+def _check_positive(cfg: DatasetSettings) -> None:
+    for key in ("image_size", "max_train_per_class", "max_test"):
+        value = getattr(cfg, key)
+        if value is not None and int(value) < 1:
+            raise ConfigError(f"dataset.{key} must be a positive integer or null, got {value}")
+
+
+def load_dataset(cfg: DatasetSettings, seed: int = 0) -> ImageDataset:
+    """Load ``cfg.name`` and apply the subsetting options.
+
+    ``seed`` only chooses which train images ``max_train_per_class`` keeps; the test set
+    never depends on it.
+    """
+    name = str(cfg.name)
+    if name not in DATASET_NAMES:
+        raise ConfigError(f"Unknown dataset.name={name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    _check_positive(cfg)
+    size = int(cfg.image_size) if cfg.image_size is not None else None
+
+    # Imports are per source so a digits run never pays for (or needs) the others' modules.
+    if name == "digits":
+        from dpgd.data.digits import load_digits
+
+        ds = load_digits(size)
+    elif name in ("cifar10", "cifar100"):
+        from dpgd.data.cifar import load_cifar
+
+        ds = load_cifar(name, _resolve_root(cfg), bool(cfg.download), size)
+    elif name == "tinyimagenet":
+        from dpgd.data.tinyimagenet import load_tinyimagenet
+
+        ds = load_tinyimagenet(_resolve_root(cfg), size)
+    elif name == "celeba":
+        from dpgd.data.celeba import load_celeba
+
+        ds = load_celeba(_resolve_root(cfg), str(cfg.target_attr), size)
+    else:
+        if not cfg.root:
+            raise ConfigError(
+                "dataset.name=imagefolder needs dataset.root: a folder holding train/<class>/ and test/<class>/"
+            )
+        from dpgd.data.imagefolder import load_imagefolder
+
+        ds = load_imagefolder(Path(cfg.root).expanduser(), size)
+    return _subset(ds, cfg.max_train_per_class, cfg.max_test, seed)
+
+
+def _subset(ds: ImageDataset, per_class: Optional[int], max_test: Optional[int], seed: int) -> ImageDataset:
+    """First ``per_class`` train images of each class after a seeded shuffle; a fixed-seed test subset."""
+    changes: dict[str, torch.Tensor] = {}
+    if per_class is not None:
+        gen = torch.Generator().manual_seed(int(seed))
+        order = torch.randperm(ds.num_train, generator=gen)
+        shuffled = ds.train_labels[order]
+        keep = torch.cat([order[shuffled == c][: int(per_class)] for c in range(ds.num_classes)])
+        keep = keep.sort().values  # original order, so class layout matches the full set
+        changes |= {"train_images": ds.train_images[keep], "train_labels": ds.train_labels[keep]}
+    n_test = int(ds.test_labels.shape[0])
+    if max_test is not None and int(max_test) < n_test:
+        gen = torch.Generator().manual_seed(TEST_SUBSET_SEED)
+        keep = torch.randperm(n_test, generator=gen)[: int(max_test)].sort().values
+        changes |= {"test_images": ds.test_images[keep], "test_labels": ds.test_labels[keep]}
+    return dataclasses.replace(ds, **changes) if changes else ds
+
+
+def dataset_fingerprint(ds: ImageDataset) -> str:
+    """Short sha256 of name, train images and labels: a cache key that changes with the data."""
+    h = hashlib.sha256()
+    h.update(ds.name.encode())
+    for t in (ds.train_images, ds.train_labels):
+        arr = t.detach().cpu().contiguous().numpy()
+        h.update(f"|{arr.dtype}{tuple(arr.shape)}|".encode())
+        h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()[:16]

@@ -1,0 +1,110 @@
+"""Tiny ImageNet (200 classes, 64x64 RGB) from the standard ``tiny-imagenet-200/`` layout.
+
+The official test split has no labels, so the labelled ``val/`` split is the test set.
+Classes are the wnids sorted by name, the order torchvision's ``ImageFolder`` gives
+``train/``, so indices agree with other code that reads the tree that way.
+Normalisation uses the ImageNet constants: public, so it reads nothing from the train data,
+and it spares a pass over 100,000 images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from dpgd.data.bundle import ImageDataset
+from dpgd.data.tensors import normalised_dataset, pil_to_uint8, uint8_to_unit
+from dpgd.errors import DataNotFoundError
+
+FOLDER = "tiny-imagenet-200"
+URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NATIVE_SIZE = 64
+
+
+def _how_to_get(root: Path) -> str:
+    return (
+        f"Download {URL}, unzip it so that {root / FOLDER}/ holds wnids.txt, words.txt, "
+        "train/<wnid>/images/*.JPEG and val/images/*.JPEG with val/val_annotations.txt "
+        "(or point dataset.root / $DPGD_DATA_ROOT at the folder that holds tiny-imagenet-200/). "
+        "It is never downloaded automatically."
+    )
+
+
+def _class_names(base: Path, wnids: list[str]) -> tuple[str, ...]:
+    """First synonym from ``words.txt`` (e.g. "goldfish"); the wnid when absent or ambiguous."""
+    words: dict[str, str] = {}
+    words_file = base / "words.txt"
+    if words_file.is_file():
+        for line in words_file.read_text(encoding="utf-8").splitlines():
+            wnid, _, text = line.partition("\t")
+            words[wnid.strip()] = text.split(",")[0].strip()
+    names = [words.get(w) or w for w in wnids]
+    return tuple(n if names.count(n) == 1 else f"{n} ({w})" for n, w in zip(names, wnids))
+
+
+def _decode(paths: list[Path], size: int, desc: str) -> torch.Tensor:
+    """Decode JPEGs (a few are greyscale; converted to RGB) into one uint8 tensor."""
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", mininterval=1.0)):
+        with Image.open(path) as img:
+            out[i] = pil_to_uint8(img, "RGB", size)
+    return out
+
+
+def load_tinyimagenet(root: Path, image_size: int | None = None) -> ImageDataset:
+    """Train: ``train/<wnid>/images/*.JPEG``; test: ``val/images`` labelled by ``val_annotations.txt``."""
+    base = root / FOLDER
+    needed = [base / "wnids.txt", base / "train", base / "val" / "images", base / "val" / "val_annotations.txt"]
+    missing = [p for p in needed if not p.exists()]
+    if missing:
+        listed = ", ".join(str(p) for p in missing)
+        raise DataNotFoundError(f"Tiny ImageNet not found: expected {base}/ (missing {listed}). {_how_to_get(root)}")
+
+    wnids = sorted({w.strip() for w in (base / "wnids.txt").read_text().split() if w.strip()})
+    index = {w: i for i, w in enumerate(wnids)}
+
+    train_paths: list[Path] = []
+    train_labels: list[int] = []
+    for wnid in wnids:
+        files = sorted((base / "train" / wnid / "images").glob("*.JPEG"))
+        if not files:
+            raise DataNotFoundError(f"Tiny ImageNet: no train images in {base / 'train' / wnid / 'images'}/. {_how_to_get(root)}")
+        train_paths += files
+        train_labels += [index[wnid]] * len(files)
+
+    test_paths: list[Path] = []
+    test_labels: list[int] = []
+    annotations = base / "val" / "val_annotations.txt"
+    for line in annotations.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) < 2:
+            continue
+        filename, wnid = fields[0].strip(), fields[1].strip()
+        if wnid not in index:
+            raise DataNotFoundError(f"Tiny ImageNet: {annotations} labels {filename} with {wnid}, which is not in wnids.txt.")
+        test_paths.append(base / "val" / "images" / filename)
+        test_labels.append(index[wnid])
+    absent = [p for p in test_paths if not p.is_file()]
+    if absent:
+        raise DataNotFoundError(
+            f"Tiny ImageNet: {len(absent)} images listed in {annotations} are missing, e.g. {absent[0]}. {_how_to_get(root)}"
+        )
+
+    size = image_size or NATIVE_SIZE
+    train_x = uint8_to_unit(_decode(train_paths, size, "tinyimagenet train"))
+    test_x = uint8_to_unit(_decode(test_paths, size, "tinyimagenet val"))
+    return normalised_dataset(
+        "tinyimagenet",
+        train_x,
+        torch.tensor(train_labels, dtype=torch.int64),
+        test_x,
+        torch.tensor(test_labels, dtype=torch.int64),
+        _class_names(base, wnids),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )

@@ -1,0 +1,124 @@
+"""Experiment tracking (the ``logger`` group): Weights & Biases or nothing.
+
+Stages call :class:`Tracker` methods with a stage prefix (``match``, ``eval``, ...); each
+stage gets its own step axis (``<stage>/step``) so dashboards plot iterations, not call
+counts. W&B runs offline by default so nothing hangs or prompts on a machine without an
+account or network; ``online`` falls back to offline when the server cannot be reached.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    """The no-op tracker (``logger=none``); :class:`WandbTracker` overrides every method."""
+
+    run_dir: Path | None = None
+
+    def log(self, stage: str, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_images(self, key: str, images_01: torch.Tensor, per_row: int, caption: str = "") -> None:
+        pass
+
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        pass
+
+    def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def log_file_artifact(self, name: str, kind: str, path: Path) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+class WandbTracker(Tracker):
+    def __init__(self, run: Any) -> None:
+        self._run = run
+        self._stages: set[str] = set()
+        self.run_dir = Path(run.dir).parent if run is not None and run.dir else None
+
+    def log(self, stage: str, metrics: dict[str, float], step: int | None = None) -> None:
+        if stage not in self._stages:
+            self._run.define_metric(f"{stage}/step")
+            self._run.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
+            self._stages.add(stage)
+        payload = {f"{stage}/{key}": value for key, value in metrics.items()}
+        if step is not None:
+            payload[f"{stage}/step"] = step
+        self._run.log(payload)
+
+    def log_images(self, key: str, images_01: torch.Tensor, per_row: int, caption: str = "") -> None:
+        import wandb
+        from torchvision.utils import make_grid
+
+        grid = make_grid(images_01.detach().cpu(), nrow=max(1, per_row), padding=1, pad_value=1.0)
+        array = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        self._run.log({key: wandb.Image(array, caption=caption)})
+
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        import wandb
+
+        self._run.log({key: wandb.Table(columns=list(columns), data=[list(row) for row in rows])})
+
+    def summary(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            self._run.summary[key] = value
+
+    def log_file_artifact(self, name: str, kind: str, path: Path) -> None:
+        import wandb
+
+        artifact = wandb.Artifact(name=name, type=kind)
+        artifact.add_file(str(path))
+        self._run.log_artifact(artifact)
+
+    def finish(self, exit_code: int = 0) -> None:
+        self._run.finish(exit_code=exit_code)
+
+
+def open_tracker(
+    logger_cfg: Any,
+    config: dict[str, Any],
+    output_dir: Path,
+    default_name: str,
+    default_group: str | None,
+) -> Tracker:
+    """Start the configured tracker for one run; every run gets its own W&B run."""
+    if logger_cfg.name == "none" or logger_cfg.mode == "disabled":
+        return Tracker()
+    if logger_cfg.name != "wandb":
+        from dpgd.errors import ConfigError
+
+        raise ConfigError(f"logger={logger_cfg.name} is unknown; choose wandb or none.")
+    import wandb
+
+    kwargs = dict(
+        project=logger_cfg.project,
+        entity=logger_cfg.entity,
+        group=logger_cfg.group or default_group,
+        job_type=logger_cfg.job_type,
+        tags=list(logger_cfg.tags),
+        name=logger_cfg.run_name or default_name,
+        config=config,
+        dir=str(output_dir),
+        reinit="finish_previous",
+    )
+    mode = logger_cfg.mode
+    if mode == "online":
+        try:
+            run = wandb.init(mode="online", settings=wandb.Settings(init_timeout=logger_cfg.init_timeout_s), **kwargs)
+            return WandbTracker(run)
+        except Exception as err:  # noqa: BLE001 - any failure to reach the server means: go offline
+            log.warning("W&B online init failed (%s); logging offline instead. Upload later with `wandb sync`.", err)
+            mode = "offline"
+    run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=logger_cfg.init_timeout_s, silent=True), **kwargs)
+    return WandbTracker(run)

@@ -1,0 +1,91 @@
+"""Checks on settings that a type system cannot express, run before any data is read.
+
+Each failure raises :class:`~dpgd.errors.ConfigError` with what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from omegaconf import DictConfig
+
+from dpgd.data import ImageDataset
+from dpgd.errors import ConfigError
+
+NON_PRIVATE_ONLY = {
+    ("init", "real"): "init=real copies private images into the release",
+    ("matcher", "dm"): "matcher=dm matches unclipped, un-noised real statistics",
+    ("generator", "real"): "generator=real uses the private images as the pool",
+}
+
+
+def is_private(cfg: DictConfig) -> bool:
+    return math.isfinite(float(cfg.epsilon))
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Static checks: values and combinations that are wrong whatever the data."""
+    epsilon = float(cfg.epsilon)
+    if math.isnan(epsilon) or epsilon <= 0:
+        raise ConfigError(
+            f"epsilon={cfg.epsilon} is not a privacy budget: use a positive number such as "
+            "epsilon=1, or epsilon=inf for a deliberately non-private run."
+        )
+    if not 0.0 < float(cfg.delta) < 1.0:
+        raise ConfigError(f"delta={cfg.delta} must lie in (0, 1); the field's convention is delta=1e-5.")
+    if cfg.ipc < 1:
+        raise ConfigError(f"ipc={cfg.ipc}: the distilled set needs at least one image per class.")
+    fractions = {key: float(cfg.budget[key]) for key in ("generator", "matcher", "expert")}
+    for key, value in fractions.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"budget.{key}={value} must be a fraction in [0, 1].")
+    total = sum(fractions.values())
+    if is_private(cfg) and abs(total - 1.0) > 1e-6:
+        raise ConfigError(
+            "budget.generator + budget.matcher + budget.expert = "
+            f"{fractions['generator']} + {fractions['matcher']} + {fractions['expert']} = {total:g}; "
+            "make the fractions sum to 1."
+        )
+    if is_private(cfg):
+        for (group, name), why in NON_PRIVATE_ONLY.items():
+            if cfg[group].name == name:
+                raise ConfigError(
+                    f"{group}={name} is only allowed with epsilon=inf ({why}); "
+                    f"got epsilon={cfg.epsilon}. Use epsilon=inf or pick another {group}."
+                )
+        if cfg.matcher.name == "dp_feature" and cfg.budget.matcher <= 0:
+            raise ConfigError(
+                "matcher=dp_feature needs a share of the budget but budget.matcher=0; "
+                "give it a fraction or use matcher=none."
+            )
+    resolve_device(cfg.device)
+
+
+def check_data(cfg: DictConfig, dataset: ImageDataset) -> None:
+    """Checks that need the data set's size, run right after loading, before any stage."""
+    counts = dataset.class_counts()
+    smallest = int(counts.min())
+    if cfg.ipc > smallest:
+        cls = dataset.class_names[int(counts.argmin())]
+        raise ConfigError(
+            f"ipc={cfg.ipc} is larger than class '{cls}', which has {smallest} training images; "
+            f"use ipc<={smallest}."
+        )
+    if is_private(cfg):
+        from dpgd.privacy import check_delta
+
+        check_delta(float(cfg.delta), dataset.num_train)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; anything else must be a device torch knows."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device={name} is not a torch device; use auto, cpu or cuda.") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=auto or device=cpu.")
+    return device
