@@ -39,7 +39,10 @@ class DatasetSettings(Protocol):
 
 
 def default_data_root() -> Path:
-    """Where data sets live when ``dataset.root`` is null: ``$DPGD_DATA_ROOT``, else ``~/.cache/dpgd/data``."""
+    """Where data sets live when ``dataset.root`` is null.
+
+    ``$DPGD_DATA_ROOT`` when set, else ``~/.cache/dpgd/data``.
+    """
     env = os.environ.get(DATA_ROOT_ENV, "").strip()
     return Path(env or "~/.cache/dpgd/data").expanduser()
 
@@ -87,7 +90,8 @@ def load_dataset(cfg: DatasetSettings, seed: int = 0) -> ImageDataset:
     else:
         if not cfg.root:
             raise ConfigError(
-                "dataset.name=imagefolder needs dataset.root: a folder holding train/<class>/ and test/<class>/"
+                "dataset.name=imagefolder needs dataset.root: "
+                "a folder holding train/<class>/ and test/<class>/"
             )
         from dpgd.data.imagefolder import load_imagefolder
 
@@ -95,7 +99,9 @@ def load_dataset(cfg: DatasetSettings, seed: int = 0) -> ImageDataset:
     return _subset(ds, cfg.max_train_per_class, cfg.max_test, seed)
 
 
-def _subset(ds: ImageDataset, per_class: Optional[int], max_test: Optional[int], seed: int) -> ImageDataset:
+def _subset(
+    ds: ImageDataset, per_class: Optional[int], max_test: Optional[int], seed: int
+) -> ImageDataset:
     """First ``per_class`` train images of each class after a seeded shuffle; a fixed-seed test subset."""
     changes: dict[str, torch.Tensor] = {}
     if per_class is not None:

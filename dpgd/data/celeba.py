@@ -13,7 +13,7 @@ from torchvision.datasets import CelebA
 from tqdm import tqdm
 
 from dpgd.data.bundle import ImageDataset
-from dpgd.data.tensors import normalised_dataset, pil_to_uint8, uint8_to_unit
+from dpgd.data.tensors import neutral_stats, normalised_dataset, pil_to_uint8, uint8_to_unit
 from dpgd.errors import ConfigError, DataNotFoundError
 
 URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
@@ -56,20 +56,21 @@ def _decode(ds: CelebA, size: int, desc: str) -> torch.Tensor:
 def load_celeba(root: Path, target_attr: str, image_size: int | None = None) -> ImageDataset:
     """Train/test are CelebA's official partitions; label 1 = the attribute is present.
 
-    Mean/std come from the train split.
+    Normalised to [-1, 1] with public constants (never statistics of the train split).
     """
     base = root / "celeba"
     needed = [base / "img_align_celeba", *(base / name for name in TEXT_FILES)]
-    missing = [p for p in needed if not p.exists()]
+    missing = [base] if not base.is_dir() else [p for p in needed if not p.exists()]
     if missing:
-        listed = ", ".join(str(p) for p in missing)
-        raise DataNotFoundError(f"CelebA not found: expected {base}/ (missing {listed}). {_how_to_get(root)}")
+        listed = "" if missing == [base] else f" (missing {', '.join(str(p) for p in missing)})"
+        raise DataNotFoundError(f"CelebA not found: expected {base}/{listed}. {_how_to_get(root)}")
 
     train = _open(root, "train")
     attr_names = [a for a in train.attr_names if a]
     if target_attr not in attr_names:
         raise ConfigError(
-            f"dataset.target_attr={target_attr!r} is not a CelebA attribute; valid ones: {', '.join(attr_names)}"
+            f"dataset.target_attr={target_attr!r} is not a CelebA attribute; "
+            f"valid ones: {', '.join(attr_names)}"
         )
     column = attr_names.index(target_attr)
     test = _open(root, "test")
@@ -84,4 +85,5 @@ def load_celeba(root: Path, target_attr: str, image_size: int | None = None) -> 
         test_x,
         test.attr[:, column],
         (f"not {target_attr}", target_attr),
+        *neutral_stats(3),
     )

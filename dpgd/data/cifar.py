@@ -32,7 +32,9 @@ _SPECS: dict[str, _CifarSpec] = {
 
 # What torchvision raises for missing, truncated or foreign files and for failed downloads
 # (urllib's URLError is an OSError).
-_LOAD_ERRORS = (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError, tarfile.TarError)
+_LOAD_ERRORS = (
+    OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError, tarfile.TarError
+)
 
 
 def _how_to_get(spec: _CifarSpec, root: Path) -> str:

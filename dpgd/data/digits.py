@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits as _sklearn_digits
 from sklearn.model_selection import train_test_split
 
 from dpgd.data.bundle import ImageDataset
-from dpgd.data.tensors import normalised_dataset, resize_batch
+from dpgd.data.tensors import neutral_stats, normalised_dataset, resize_batch
 
 # Fixed, not the run seed: every run must be scored on the same test set.
 SPLIT_SEED = 0
@@ -18,7 +18,7 @@ TEST_FRACTION = 0.2
 def load_digits(image_size: int | None = None) -> ImageDataset:
     """1,797 digits split 80/20, stratified; pixels (16 grey levels) scaled to [0, 1] by /16.
 
-    Mean/std come from the train split.
+    Normalised to [-1, 1] with public constants (never statistics of the train split).
     """
     bunch = _sklearn_digits()
     images = np.asarray(bunch.images, dtype=np.float32) / 16.0
@@ -36,5 +36,5 @@ def load_digits(image_size: int | None = None) -> ImageDataset:
     train_x, train_y = split(train_idx)
     test_x, test_y = split(test_idx)
     return normalised_dataset(
-        "digits", train_x, train_y, test_x, test_y, tuple(str(d) for d in range(10))
+        "digits", train_x, train_y, test_x, test_y, tuple(str(d) for d in range(10)), *neutral_stats(1)
     )

@@ -2,7 +2,7 @@
 
 Channels: 1 when every image is greyscale (PIL mode "L"), otherwise all are converted to RGB
 (palette, RGBA, CMYK, 16-bit ... included), so one set never mixes channel counts.
-Mean/std come from the train split.
+Normalised to [-1, 1] with public constants (never statistics of the private train split).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from dpgd.data.bundle import ImageDataset
-from dpgd.data.tensors import normalised_dataset, pil_to_uint8, uint8_to_unit
+from dpgd.data.tensors import neutral_stats, normalised_dataset, pil_to_uint8, uint8_to_unit
 from dpgd.errors import ConfigError, DataNotFoundError
 
 LAYOUT = "<root>/train/<class>/<image> and <root>/test/<class>/<image>"
@@ -24,7 +24,8 @@ LAYOUT = "<root>/train/<class>/<image> and <root>/test/<class>/<image>"
 def _scan(folder: Path) -> ImageFolder:
     if not folder.is_dir():
         raise DataNotFoundError(
-            f"Image folder not found: expected {folder}/. Set dataset.root to a folder laid out as {LAYOUT}."
+            f"Image folder not found: expected {folder}/. "
+            f"Set dataset.root to a folder laid out as {LAYOUT}."
         )
     try:
         return ImageFolder(str(folder))
@@ -81,4 +82,5 @@ def load_imagefolder(root: Path, image_size: int | None = None) -> ImageDataset:
         test_x,
         torch.tensor(test.targets, dtype=torch.int64),
         tuple(train.classes),
+        *neutral_stats(train_x.shape[1]),
     )

@@ -56,44 +56,57 @@ def _decode(paths: list[Path], size: int, desc: str) -> torch.Tensor:
     return out
 
 
-def load_tinyimagenet(root: Path, image_size: int | None = None) -> ImageDataset:
-    """Train: ``train/<wnid>/images/*.JPEG``; test: ``val/images`` labelled by ``val_annotations.txt``."""
-    base = root / FOLDER
-    needed = [base / "wnids.txt", base / "train", base / "val" / "images", base / "val" / "val_annotations.txt"]
-    missing = [p for p in needed if not p.exists()]
-    if missing:
-        listed = ", ".join(str(p) for p in missing)
-        raise DataNotFoundError(f"Tiny ImageNet not found: expected {base}/ (missing {listed}). {_how_to_get(root)}")
-
-    wnids = sorted({w.strip() for w in (base / "wnids.txt").read_text().split() if w.strip()})
-    index = {w: i for i, w in enumerate(wnids)}
-
-    train_paths: list[Path] = []
-    train_labels: list[int] = []
-    for wnid in wnids:
-        files = sorted((base / "train" / wnid / "images").glob("*.JPEG"))
+def _train_files(base: Path, wnids: list[str], root: Path) -> tuple[list[Path], list[int]]:
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, wnid in enumerate(wnids):
+        folder = base / "train" / wnid / "images"
+        files = sorted(folder.glob("*.JPEG"))
         if not files:
-            raise DataNotFoundError(f"Tiny ImageNet: no train images in {base / 'train' / wnid / 'images'}/. {_how_to_get(root)}")
-        train_paths += files
-        train_labels += [index[wnid]] * len(files)
+            raise DataNotFoundError(f"Tiny ImageNet: no train images in {folder}/. {_how_to_get(root)}")
+        paths += files
+        labels += [label] * len(files)
+    return paths, labels
 
-    test_paths: list[Path] = []
-    test_labels: list[int] = []
+
+def _val_files(base: Path, wnids: list[str], root: Path) -> tuple[list[Path], list[int]]:
+    """``val_annotations.txt`` rows: filename, wnid, then a bounding box (ignored), tab separated."""
+    index = {w: i for i, w in enumerate(wnids)}
     annotations = base / "val" / "val_annotations.txt"
+    paths: list[Path] = []
+    labels: list[int] = []
     for line in annotations.read_text().splitlines():
         fields = line.split("\t")
         if len(fields) < 2:
             continue
         filename, wnid = fields[0].strip(), fields[1].strip()
         if wnid not in index:
-            raise DataNotFoundError(f"Tiny ImageNet: {annotations} labels {filename} with {wnid}, which is not in wnids.txt.")
-        test_paths.append(base / "val" / "images" / filename)
-        test_labels.append(index[wnid])
-    absent = [p for p in test_paths if not p.is_file()]
+            raise DataNotFoundError(
+                f"Tiny ImageNet: {annotations} labels {filename} {wnid}, which is not in wnids.txt."
+            )
+        paths.append(base / "val" / "images" / filename)
+        labels.append(index[wnid])
+    absent = [p for p in paths if not p.is_file()]
     if absent:
         raise DataNotFoundError(
-            f"Tiny ImageNet: {len(absent)} images listed in {annotations} are missing, e.g. {absent[0]}. {_how_to_get(root)}"
+            f"Tiny ImageNet: {len(absent)} images listed in {annotations} are missing, "
+            f"e.g. {absent[0]}. {_how_to_get(root)}"
         )
+    return paths, labels
+
+
+def load_tinyimagenet(root: Path, image_size: int | None = None) -> ImageDataset:
+    """Train: ``train/<wnid>/images/*.JPEG``; test: ``val/images/*.JPEG``."""
+    base = root / FOLDER
+    needed = [base / "wnids.txt", base / "train", base / "val" / "images", base / "val" / "val_annotations.txt"]
+    missing = [base] if not base.is_dir() else [p for p in needed if not p.exists()]
+    if missing:
+        listed = "" if missing == [base] else f" (missing {', '.join(str(p) for p in missing)})"
+        raise DataNotFoundError(f"Tiny ImageNet not found: expected {base}/{listed}. {_how_to_get(root)}")
+
+    wnids = sorted({w for w in (base / "wnids.txt").read_text().split()})
+    train_paths, train_labels = _train_files(base, wnids, root)
+    test_paths, test_labels = _val_files(base, wnids, root)
 
     size = image_size or NATIVE_SIZE
     train_x = uint8_to_unit(_decode(train_paths, size, "tinyimagenet train"))

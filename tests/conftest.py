@@ -1,0 +1,40 @@
+"""Shared fixtures: offline W&B, the shared CIFAR-10 slice, and config composition."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may reach the network; W&B runs for real, offline.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_MINI = (REPO.parent / "shared" / "data" / "cifar10-mini").resolve()
+
+
+@pytest.fixture(scope="session")
+def cifar10_mini() -> Path:
+    if not (CIFAR10_MINI / "train").is_dir():
+        pytest.skip(f"the shared CIFAR-10 slice is not at {CIFAR10_MINI}")
+    return CIFAR10_MINI
+
+
+@pytest.fixture
+def compose(tmp_path):
+    """Compose the packaged config with overrides, as the CLI would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from dpgd.config import register_configs
+
+    register_configs()
+
+    def _compose(*overrides: str):
+        with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
+            return hydra_compose(config_name="train", overrides=list(overrides))
+
+    return _compose
