@@ -28,7 +28,7 @@ from dpgd.augment import DSA
 from dpgd.config import MatcherConfig, ModelConfig
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
-from dpgd.models import build_model
+from dpgd.models import seeded_model
 
 PUBLIC_ASSUMPTIONS = (
     "class frequencies are public: the noisy class sum is divided by the expected batch size q*N_c",
@@ -54,9 +54,7 @@ class RandomExtractors:
 
     def __call__(self, iteration: int) -> nn.Module:
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = build_model(self.model_cfg, self.channels, self.num_classes, self.image_size)
+        net = seeded_model(self.model_cfg, self.channels, self.num_classes, self.image_size, seed)
         net.to(self.device)
         for parameter in net.parameters():
             parameter.requires_grad_(False)

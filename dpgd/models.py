@@ -9,6 +9,8 @@ in-place ops), for DP-SGD experts and cross-architecture checks. Both expose ``e
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -158,7 +160,7 @@ class ResNet18GN(nn.Module):
 def build_model(cfg: ModelConfig, channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
     """The network a ``model`` config names, initialised from the global CPU RNG.
 
-    Callers that need reproducible weights seed it (see ``evaluation.seeded_model``).
+    Callers that need reproducible weights seed it (``seeded_model``).
     ``depth`` applies to the ConvNet only; ``width`` is the ConvNet width or the ResNet base width.
     """
     if cfg.norm not in NORMS:
@@ -171,3 +173,23 @@ def build_model(cfg: ModelConfig, channels: int, num_classes: int, image_size: t
     if cfg.name == "resnet18":
         return ResNet18GN(channels, num_classes, width=cfg.width, norm=cfg.norm)
     raise ConfigError(f"model.name={cfg.name} is unknown; choose convnet or resnet18.")
+
+
+@contextmanager
+def seeded_cpu_rng(seed: int) -> Iterator[None]:
+    """Seed only the global CPU generator inside the block, restoring it afterwards.
+
+    ``nn.Module`` constructors draw their initial weights from it; forking keeps the
+    caller's global state (and every CUDA generator) untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+def seeded_model(
+    cfg: ModelConfig, channels: int, num_classes: int, image_size: tuple[int, int], seed: int
+) -> nn.Module:
+    """``build_model`` with initial weights that depend only on ``seed``."""
+    with seeded_cpu_rng(seed):
+        return build_model(cfg, channels, num_classes, image_size)
