@@ -1,0 +1,33 @@
+"""Privacy accounting for dpgd.
+
+Neighbouring relation, stated once for the whole package: two data sets are adjacent if
+one is the other with ONE RECORD ADDED OR REMOVED (add/remove adjacency). This is the
+relation under which opacus's accountants analyse Poisson subsampling, and the one every
+epsilon dpgd reports refers to. Sensitivities are bounds on the change of a released
+quantity when one record is added or removed.
+
+Layout: :mod:`.mechanisms` (immutable records of what was released), :mod:`.analysis`
+(pure functions: epsilon of a record list, on fresh opacus accountants), :mod:`.ledger`
+(the record list a run executed, and its report), :mod:`.planner` (noise multipliers for
+a total budget split across components).
+"""
+
+from dpgd.privacy.analysis import AccountingError, compose_epsilon, default_eps_error, rdp_epsilon
+from dpgd.privacy.ledger import ADJACENCY, PrivacyLedger, PrivacyReport
+from dpgd.privacy.mechanisms import SubsampledGaussian
+from dpgd.privacy.planner import ComponentRequest, NoisePlan, check_delta, plan_budget
+
+__all__ = [
+    "ADJACENCY",
+    "AccountingError",
+    "ComponentRequest",
+    "NoisePlan",
+    "PrivacyLedger",
+    "PrivacyReport",
+    "SubsampledGaussian",
+    "check_delta",
+    "compose_epsilon",
+    "default_eps_error",
+    "plan_budget",
+    "rdp_epsilon",
+]

@@ -1,0 +1,140 @@
+"""The privacy ledger: the list of mechanisms a run actually executed.
+
+The ledger only collects records; the epsilon it reports is computed from them by
+:mod:`dpgd.privacy.analysis` on every call, never copied from the config or the plan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping
+
+from dpgd.errors import ConfigError
+from dpgd.privacy import analysis
+from dpgd.privacy.mechanisms import SubsampledGaussian
+
+ADJACENCY = "add/remove one record"
+_FORMAT = "dpgd.privacy_ledger"
+_VERSION = 1
+
+
+@dataclass
+class PrivacyReport:
+    """The composed guarantee of a ledger at one delta.
+
+    ``epsilon`` is the PRV upper bound (``accountant == "prv"``); ``eps_error`` is PRV's
+    accuracy parameter (the true epsilon is at least ``epsilon - 2 * eps_error``). If PRV
+    cannot be evaluated the report falls back to RDP: ``accountant == "rdp"``,
+    ``eps_error == 0`` and ``note`` says why.
+    """
+
+    epsilon: float
+    epsilon_rdp: float
+    delta: float
+    accountant: str
+    eps_error: float
+    mechanisms: list[dict[str, Any]]
+    adjacency: str = ADJACENCY
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PrivacyLedger:
+    """Collects :class:`SubsampledGaussian` records as a run executes them."""
+
+    def __init__(self, mechanisms: Iterable[SubsampledGaussian] = ()) -> None:
+        self._mechanisms: list[SubsampledGaussian] = []
+        for m in mechanisms:
+            self.declare(m)
+
+    def declare(self, mechanism: SubsampledGaussian) -> SubsampledGaussian:
+        """Record one executed mechanism (validated on construction of the record)."""
+        if not isinstance(mechanism, SubsampledGaussian):
+            raise TypeError(f"declare() takes a SubsampledGaussian, got {type(mechanism).__name__}")
+        self._mechanisms.append(mechanism)
+        return mechanism
+
+    @property
+    def mechanisms(self) -> tuple[SubsampledGaussian, ...]:
+        return tuple(self._mechanisms)
+
+    def components(self) -> tuple[str, ...]:
+        """Component names in order of first declaration."""
+        return tuple(dict.fromkeys(m.component for m in self._mechanisms))
+
+    def __len__(self) -> int:
+        return len(self._mechanisms)
+
+    def report(self, delta: float, eps_error: float | None = None) -> PrivacyReport:
+        """Compose all records at ``delta`` (PRV, cross-checked against RDP).
+
+        Raises ``RuntimeError("accountant disagreement ...")`` if RDP comes out below PRV's
+        lower bound ``epsilon - 2 * eps_error``: both are upper bounds on the same
+        epsilon, so that can only be a bug in one of them or in how we call them.
+        """
+        delta = float(delta)
+        if not (0 < delta < 1):
+            raise ConfigError(f"delta must be in (0, 1), got {delta!r}")
+        records = [m.to_dict() for m in self._mechanisms]
+        if not self._mechanisms:
+            return PrivacyReport(0.0, 0.0, delta, "prv", 0.0, records)
+        eps_rdp = analysis.rdp_epsilon(self._mechanisms, delta)
+        if eps_error is None:
+            eps_error = analysis.default_eps_error(self._mechanisms, delta)
+        try:
+            eps_prv = analysis.prv_epsilon(self._mechanisms, delta, eps_error)
+        except analysis.AccountingError as exc:
+            return PrivacyReport(
+                eps_rdp, eps_rdp, delta, "rdp", 0.0, records,
+                note=f"PRV unavailable, reporting the RDP bound instead: {exc}",
+            )
+        if eps_rdp < eps_prv - 2 * eps_error - 1e-9:
+            raise RuntimeError(
+                f"accountant disagreement: RDP epsilon {eps_rdp:.6g} is below the PRV lower "
+                f"bound {eps_prv - 2 * eps_error:.6g} (PRV upper {eps_prv:.6g}, eps_error "
+                f"{eps_error:g}) at delta={delta:g} for {records}"
+            )
+        return PrivacyReport(eps_prv, eps_rdp, delta, "prv", float(eps_error), records)
+
+    # --- serialisation -------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "adjacency": ADJACENCY,
+            "mechanisms": [m.to_dict() for m in self._mechanisms],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PrivacyLedger":
+        if data.get("format", _FORMAT) != _FORMAT or data.get("version", _VERSION) != _VERSION:
+            raise ConfigError(
+                f"not a version-{_VERSION} privacy ledger: format={data.get('format')!r}, "
+                f"version={data.get('version')!r}"
+            )
+        if data.get("adjacency", ADJACENCY) != ADJACENCY:
+            raise ConfigError(
+                f"ledger assumes adjacency {data.get('adjacency')!r}; dpgd accounts for {ADJACENCY!r}"
+            )
+        if "mechanisms" not in data:
+            raise ConfigError("privacy ledger has no 'mechanisms' list")
+        return cls(SubsampledGaussian.from_dict(d) for d in data["mechanisms"])
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        """Write the ledger atomically (a crash never leaves a half-written ledger)."""
+        path = os.fspath(path)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike) -> "PrivacyLedger":
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
