@@ -12,7 +12,7 @@ larger than a class) are checked in :mod:`dpgd.validation` before any data is re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -49,16 +49,123 @@ class ModelConfig:
 
 @dataclass
 class InitConfig:
-    # noise | real (epsilon=inf only); pool-based methods arrive with the generators.
+    # noise | real (epsilon=inf only) | kmeans | random_pool (the last two need a generator pool)
     name: str = "noise"
+    # kmeans: cluster in the embedding of a ConvNet trained on the pool (pool_net, the
+    # paper's choice: semantic neighbours, not pixel neighbours) or in raw pixels (pixels).
+    feature_space: str = "pool_net"
+    # Images packed per side into each stored image: 1 = off, 2 = four half-size images
+    # per stored image (the paper's factor 2); kmeans/random_pool only.
+    multi_formation: int = 1
+    # Lloyd iterations per k-means run; pools of thousands converge in far fewer.
+    kmeans_iters: int = 100
+    # k-means restarts (best inertia kept): 3 removes most bad seeds at 3x the cost.
+    kmeans_restarts: int = 3
+    # pool_net: epochs of the ConvNet trained on the pool (post-processing, free). 30
+    # reaches a plateau on pools of a few hundred per class; embeddings need no more.
+    net_epochs: int = 30
+    # pool_net: SGD lr and batch of that ConvNet, the evaluation protocol's values.
+    net_lr: float = 0.01
+    net_batch_size: int = 256
+
+
+@dataclass
+class DpMerfConfig:
+    """DP-MERF (Harder et al. 2021): one noisy random-feature mean embedding per class."""
+
+    # Random Fourier features (cos and sin of num_features/2 frequencies; even). More
+    # features approximate the kernel better but spread the same noise over more entries:
+    # 2000 is the knee on digits/CIFAR-10 at N_c of a few hundred.
+    num_features: int = 2000
+    # Gaussian kernel length scale as a multiple of sqrt(pixels). The median pairwise
+    # distance of normalised images is 0.70-0.77 sqrt(pixels) on digits and CIFAR-10; a
+    # fixed public constant near it, because the median of private data would leak.
+    bandwidth: float = 0.75
+    # Generator latent size and channel width at its lowest resolution: small, since it
+    # only has to match a D x K target.
+    latent_dim: int = 32
+    width: int = 64
+    # Adam steps fitting the generator to the released embedding (post-processing: free).
+    steps: int = 2000
+    # Generated images per class per step: the generated mean's own sampling error is
+    # ~1/sqrt(64) of the feature norm, below the release noise at any useful epsilon.
+    batch_per_class: int = 64
+    lr: float = 0.001
+
+
+@dataclass
+class DpSgdConfig:
+    """A conditional VAE trained with DP-SGD (opacus; Poisson sampling, per-sample clipping)."""
+
+    # Poisson sampling rate per step. Large batches beat many steps under DP-SGD (the
+    # noise on the mean gradient is sigma*C/(qN)): 0.2 gave 74% pool accuracy on digits at
+    # epsilon 10 where 0.05 gave 31-34%.
+    sample_rate: float = 0.2
+    # Passes over the data; steps = ceil(epochs / sample_rate) unless steps is set.
+    epochs: float = 20.0
+    # Exact number of DP-SGD steps (null = from epochs).
+    steps: Optional[int] = None
+    # Per-sample gradient clip norm C (the sensitivity); 1.0 is the DP-SGD convention and
+    # Adam makes the update size independent of it.
+    clip_norm: float = 1.0
+    # Adam step size: 0.003 beat 0.001 and 0.01 on digits under noise.
+    lr: float = 0.003
+    # Small networks: the noise norm grows with sqrt(parameters). Width 16 / latent 8
+    # beat 32 / 16 on digits at both epsilon 1 and 10 (46% vs 13%, 74% vs 61%).
+    latent_dim: int = 8
+    width: int = 16
+    # Observation variance of the Gaussian decoder in [-1, 1] pixel units: 1.0 weighs
+    # the KL enough that prior samples look like data (0.1 and 0.02 were far worse
+    # under noise; 3.0 blurs the classes together).
+    obs_var: float = 1.0
+
+
+@dataclass
+class PeConfig:
+    """Private Evolution (Lin et al., ICLR 2024): noisy nearest-neighbour votes on candidates."""
+
+    # public_folder (images the user declares public) | diffusers (a local pretrained model)
+    source: str = "public_folder"
+    # public_folder: folder of public images (class subfolders or flat); labels are ignored.
+    public_root: Optional[str] = None
+    # diffusers: local folder of a saved UNet2DModel (+ scheduler), e.g. a DDPMPipeline.
+    diffusers_path: Optional[str] = None
+    # diffusers: denoising steps of the full reverse process (SDEdit uses the tail of it).
+    diffusers_steps: int = 50
+    # diffusers: images per model call.
+    diffusers_batch_size: int = 64
+    # Voting rounds; each is one Gaussian release of all class histograms (steps = rounds).
+    rounds: int = 5
+    # Candidates per class per round. Votes per bin ~ N_c / population must clear the noise.
+    population: int = 200
+    # Voting space: random_convnet (a fixed, randomly initialised ConvNet: data-independent
+    # and less pixel-literal) | pixels.
+    embedding: str = "random_convnet"
+    # Noisy counts below threshold x sigma are zeroed: an empty bin passes 2 sigma w.p. 2.3%.
+    threshold: float = 2.0
+    # Variation strength in [0, 1], decreasing linearly over rounds (coarse to fine), as in PE.
+    strength_start: float = 0.8
+    strength_end: float = 0.3
+    # public_folder variations: std of Gaussian pixel noise in [0, 1] units at strength 1.
+    pixel_noise: float = 0.05
 
 
 @dataclass
 class GeneratorConfig:
-    # none | real | dp_merf | dp_sgd | pe
+    # none | real (epsilon=inf only) | dp_merf | dp_sgd | pe
     name: str = "none"
-    pool_per_class: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
+    # Synthetic images per class in the pool; k-means needs >= ipc * multi_formation^2.
+    pool_per_class: int = 500
+    # Reuse a pool fitted with the same data, settings, noise multiplier and seed.
+    cache: bool = True
+    # null = $DPGD_CACHE_DIR or ~/.cache/dpgd/pools.
+    cache_dir: Optional[str] = None
+    # Epochs of the ConvNet trained on the pool for the pool's test accuracy (reporting
+    # only, never used to select anything); 0 skips the report.
+    report_epochs: int = 30
+    dp_merf: DpMerfConfig = field(default_factory=DpMerfConfig)
+    dp_sgd: DpSgdConfig = field(default_factory=DpSgdConfig)
+    pe: PeConfig = field(default_factory=PeConfig)
 
 
 @dataclass

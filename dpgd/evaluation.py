@@ -107,7 +107,7 @@ def train_classifier(
             loss.backward()
             optimizer.step()
         if progress:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     return model
 

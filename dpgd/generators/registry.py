@@ -1,0 +1,34 @@
+"""Generator names -> classes, and the budget's question: what will the generator release?"""
+
+from __future__ import annotations
+
+from dpgd.errors import ConfigError
+from dpgd.generators.base import GeneratorSettings, PoolGenerator, PrivacyNeed
+from dpgd.generators.dp_merf import DpMerf
+from dpgd.generators.dp_sgd import DpSgdVae
+from dpgd.generators.pe import PrivateEvolution
+from dpgd.generators.real import RealPool
+
+GENERATORS: dict[str, type[PoolGenerator] | None] = {
+    "none": None,
+    "real": RealPool,
+    "dp_merf": DpMerf,
+    "dp_sgd": DpSgdVae,
+    "pe": PrivateEvolution,
+}
+GENERATOR_NAMES = tuple(GENERATORS)
+
+
+def build_generator(cfg: GeneratorSettings, progress: bool = True) -> PoolGenerator | None:
+    """The generator ``cfg.name`` names (None for ``none``); settings are checked here."""
+    name = str(cfg.name)
+    if name not in GENERATORS:
+        raise ConfigError(f"generator={name} is unknown; choose one of {', '.join(GENERATOR_NAMES)}.")
+    cls = GENERATORS[name]
+    return None if cls is None else cls(cfg, progress=progress)
+
+
+def privacy_request(cfg: GeneratorSettings) -> PrivacyNeed | None:
+    """What the configured generator will release (None for ``none``/``real``), before any data."""
+    generator = build_generator(cfg, progress=False)
+    return None if generator is None else generator.privacy_request()

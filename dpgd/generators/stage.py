@@ -1,0 +1,157 @@
+"""The generation stage of a run: build the pool (or reuse a cached one) and account for it.
+
+Order of events in :func:`generate_pool`: the generator's records are computed from its
+privacy request and the planned noise multiplier, declared to the run's ledger, and only
+then is the generator fitted (or its cached pool loaded). A run that reuses a cached pool
+declares the same records: the pool was built from the private data, so the release it
+feeds is accounted for whether or not this process fitted it.
+
+:func:`pool_report` measures the pool for the logs only (test accuracy of a ConvNet
+trained on it, and an image grid): nothing is selected on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from dpgd.config import ModelConfig
+from dpgd.data import ImageDataset, dataset_fingerprint
+from dpgd.errors import ConfigError
+from dpgd.evaluation import test_accuracy, train_classifier
+from dpgd.generators.base import Pool
+from dpgd.generators.cache import cache_key, cache_path, load_pool, resolve_cache_dir, save_pool
+from dpgd.generators.registry import build_generator
+from dpgd.models import seeded_model
+from dpgd.privacy import PrivacyLedger
+from dpgd.seeding import derive_seed, stage_generator
+
+log = logging.getLogger("dpgd")
+
+# Protocol of the pool's train-on-synthetic accuracy (reporting only): the evaluation's
+# SGD settings without DSA, so the number is cheap and measures the pool, not augmentation.
+REPORT_LR = 0.01
+REPORT_MOMENTUM = 0.9
+REPORT_WEIGHT_DECAY = 5e-4
+REPORT_BATCH = 256
+REPORT_TEST_BATCH = 2048
+# Images per class in the logged pool grid.
+GRID_PER_CLASS = 10
+
+
+def generate_pool(
+    cfg: DictConfig,
+    dataset: ImageDataset,
+    noise_multiplier: float | None,
+    ledger: PrivacyLedger,
+    device: torch.device,
+    progress: bool = True,
+) -> Pool | None:
+    """The run's pool (None for ``generator=none``), its mechanisms declared to ``ledger``.
+
+    ``noise_multiplier`` is the plan's multiplier for the ``generator`` component, or None
+    in a non-private run (``epsilon=inf``), where DP generators run without noise.
+    """
+    gen_cfg = cfg.generator
+    generator = build_generator(gen_cfg, progress=progress)
+    name = str(gen_cfg.name)
+    private = math.isfinite(float(cfg.epsilon))
+    if generator is None:
+        if noise_multiplier is not None:
+            raise ConfigError("generator=none runs no DP mechanism but was planned a noise multiplier; "
+                              "set budget.generator=0 or pick a generator.")
+        return None
+    if generator.non_private_only and private:
+        raise ConfigError(
+            f"generator={name} uses the private images as the pool; it needs epsilon=inf "
+            f"(got epsilon={cfg.epsilon}). Use a DP generator such as generator=dp_merf."
+        )
+    need = generator.privacy_request()
+    if need is not None and private and noise_multiplier is None:
+        raise ConfigError(
+            f"generator={name} runs a DP mechanism but has no noise multiplier: give it a share "
+            "of the budget (budget.generator > 0)."
+        )
+    if need is None and noise_multiplier is not None:
+        raise ConfigError(f"generator={name} runs no DP mechanism; set budget.generator=0.")
+    mechanisms = generator.mechanisms(noise_multiplier)
+
+    use_cache = bool(gen_cfg.cache) and generator.cacheable
+    path = key = None
+    if use_cache:
+        key = cache_key(dataset_fingerprint(dataset), gen_cfg, noise_multiplier, int(cfg.seed))
+        path = cache_path(resolve_cache_dir(gen_cfg.cache_dir), key)
+        cached = load_pool(path, key)
+        if cached is not None and cached.mechanisms == mechanisms:
+            for mechanism in cached.mechanisms:
+                ledger.declare(mechanism)
+            cached.info["cache_hit"] = True
+            cached.info["cache_file"] = str(path)
+            log.info("generator %s: reusing the cached pool %s (%d images)", name, path, len(cached))
+            return cached
+        if cached is not None:
+            log.warning("generator %s: cached pool %s records other mechanisms; refitting", name, path)
+
+    for mechanism in mechanisms:
+        ledger.declare(mechanism)
+    log.info("generator %s: fitting (noise multiplier %s)", name, noise_multiplier)
+    pool = generator.fit_and_sample(dataset, noise_multiplier, int(cfg.seed), device)
+    if pool.mechanisms != mechanisms:
+        raise RuntimeError(
+            f"privacy bug: generator {name} ran {pool.mechanisms} but declared {mechanisms}"
+        )
+    pool.info["cache_hit"] = False
+    if use_cache and path is not None and key is not None:
+        save_pool(path, pool, key)
+        pool.info["cache_file"] = str(path)
+    return pool
+
+
+def pool_report(
+    pool: Pool,
+    dataset: ImageDataset,
+    model_cfg: ModelConfig,
+    device: torch.device,
+    seed: int,
+    epochs: int = 30,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Test accuracy (percent) of a fresh network trained on the pool, and a pool grid.
+
+    Keys: ``pool_test_acc`` (None when ``epochs`` is 0), ``pool_size``, ``report_seconds``,
+    ``grid`` ((K * n, C, H, W) in [0, 1], ``n`` images per class, class-major; None for a
+    pool of private images) and ``grid_nrow`` (= n). Reporting only: never select on it.
+    """
+    started = time.perf_counter()
+    accuracy = None
+    if epochs > 0:
+        model = seeded_model(
+            model_cfg, dataset.channels, dataset.num_classes, dataset.image_size,
+            derive_seed(seed, "pool_report", "init"),
+        )
+        train_classifier(
+            model, pool.images, pool.labels, epochs=int(epochs), lr=REPORT_LR, momentum=REPORT_MOMENTUM,
+            weight_decay=REPORT_WEIGHT_DECAY, batch_size=REPORT_BATCH, lr_drop_at_half=True, dsa=None,
+            generator=stage_generator(seed, "pool_report", "train"), device=device, progress=progress,
+            desc="pool report",
+        )
+        accuracy = test_accuracy(model, dataset.test_images, dataset.test_labels, REPORT_TEST_BATCH)
+    grid, nrow = None, 0
+    if pool.synthetic:
+        counts = pool.class_counts(dataset.num_classes)
+        nrow = int(min(GRID_PER_CLASS, int(counts.min()))) if len(counts) else 0
+        if nrow > 0:
+            picked = torch.cat([pool.for_class(c)[:nrow] for c in range(dataset.num_classes)])
+            grid = dataset.denormalise(picked)
+    return {
+        "pool_test_acc": accuracy,
+        "pool_size": len(pool),
+        "report_seconds": round(time.perf_counter() - started, 3),
+        "grid": grid,
+        "grid_nrow": nrow,
+    }

@@ -1,0 +1,95 @@
+"""The installed ``dpgd`` console script, run in a subprocess as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dpgd
+
+pytestmark = pytest.mark.slow
+
+
+def dpgd_command() -> list[str]:
+    script = Path(sys.executable).with_name("dpgd")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("dpgd")
+    if found is None:
+        pytest.fail("the dpgd console script is not installed; run `pip install -e .`")
+    return [found]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        dpgd_command() + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def only_run_dir(root: Path) -> Path:
+    found = [p.parent for p in root.rglob("results.json")]
+    assert len(found) == 1, found
+    return found[0]
+
+
+QUICK = ["matcher.iterations=20", "evaluation.epochs=30", "evaluation.runs=1"]
+
+
+def test_default_run_from_another_folder_writes_the_artifacts(tmp_path):
+    """`dpgd` with the defaults (digits, DP matching, offline W&B), shortened, from a bare folder."""
+    proc = run_cli(QUICK, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path / "outputs")
+    results = json.loads((run_dir / "results.json").read_text())
+    for key in ("dataset", "method", "ipc", "seed", "epsilon_target", "delta", "test_acc_mean",
+                "test_acc_std", "test_acc_runs", "privacy", "timings_s", "peak_memory_mb"):
+        assert key in results, key
+    assert results["dataset"] == "digits" and results["ipc"] == 10
+    assert 0.0 <= results["test_acc_mean"] <= 100.0
+    assert 0 < results["privacy"]["epsilon"] <= 1.0
+    assert (run_dir / "distilled.png").stat().st_size > 0
+    assert (run_dir / "privacy_ledger.json").exists()
+    distilled = dpgd.load_distilled(run_dir / "distilled.pt")
+    assert len(distilled) == 100 and distilled[0][0].shape == (1, 8, 8)
+    assert list(distilled.labels.bincount()) == [10] * 10
+    assert list((run_dir / "wandb").glob("offline-run-*")), "the offline W&B run is missing"
+
+
+def test_imagefolder_non_private_run(tmp_path, cifar10_mini):
+    proc = run_cli(
+        ["dataset=imagefolder", f"dataset.root={cifar10_mini}", "epsilon=inf", "matcher=dm",
+         "logger=none", "dataset.max_train_per_class=50", "matcher.batch_real=32", *QUICK],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((only_run_dir(tmp_path / "outputs") / "results.json").read_text())
+    assert results["dataset"] == "imagefolder" and results["num_classes"] == 10
+    assert results["privacy"]["epsilon"] == float("inf")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["foo=1"], "Could not override 'foo'"),
+        (["epsilon=-1"], "epsilon=-1"),
+        (["ipc=abc"], "ipc=abc"),
+        (["init=real"], "epsilon=inf"),
+        (["dataset=imagefolder", "dataset.root=/nonexistent/dpgd-data"], "/nonexistent/dpgd-data"),
+        (["ipc=1000"], "ipc=1000"),
+    ],
+)
+def test_bad_input_gives_a_short_message_and_no_traceback(tmp_path, args, expected):
+    proc = run_cli(args + ["logger=none"], cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    # Nothing ran: no results were written.
+    assert not list(tmp_path.rglob("results.json"))

@@ -1,0 +1,113 @@
+"""End-to-end runs through ``dpgd.train.run`` on digits: privacy contract and utility order."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from opacus.accountants import PRVAccountant
+
+import dpgd
+import dpgd.train as train
+from dpgd.errors import BudgetError, ConfigError
+
+FAST = ["logger=none", "evaluation.epochs=100", "evaluation.runs=2"]
+
+
+@pytest.fixture(scope="module")
+def run_with(tmp_path_factory):
+    from hydra import compose, initialize_config_module
+
+    from dpgd.config import register_configs
+
+    register_configs()
+    cache = {}
+
+    def _run(*overrides: str):
+        if overrides not in cache:
+            with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
+                cfg = compose(config_name="train", overrides=[*FAST, *overrides])
+            cache[overrides] = train.run(cfg, tmp_path_factory.mktemp("run"))
+        return cache[overrides]
+
+    return _run
+
+
+def test_ledger_recomputes_to_the_reported_epsilon(run_with):
+    result = run_with("epsilon=2", "matcher.iterations=100")
+    ledger = json.loads((result.output_dir / "privacy_ledger.json").read_text())
+    assert ledger["mechanisms"] == result.results["privacy"]["mechanisms"]
+    [mechanism] = ledger["mechanisms"]
+    assert mechanism["component"] == "matcher" and mechanism["steps"] == 100
+    assert mechanism["sample_rate"] == pytest.approx(0.1)
+    # An independent accountant call on the listed mechanisms, not through dpgd.privacy.
+    accountant = PRVAccountant()
+    accountant.history = [(m["noise_multiplier"], m["sample_rate"], m["steps"]) for m in ledger["mechanisms"]]
+    independent = accountant.get_epsilon(delta=ledger["delta"], eps_error=ledger["eps_error"])
+    assert ledger["epsilon"] == pytest.approx(independent, abs=2 * ledger["eps_error"])
+    assert 2 * 0.98 <= ledger["epsilon"] <= 2.0
+    assert ledger["epsilon_rdp"] >= ledger["epsilon"] - 2 * ledger["eps_error"]
+    assert result.results["privacy"]["adjacency"] == "add/remove one record"
+
+
+def test_results_contract_and_artifacts(run_with):
+    result = run_with("epsilon=2", "matcher.iterations=100")
+    on_disk = json.loads((result.output_dir / "results.json").read_text())
+    assert on_disk["dataset"] == "digits" and on_disk["method"] == "ndpdc"
+    assert on_disk["epsilon_target"] == 2.0 and on_disk["delta"] == 1e-5
+    assert len(on_disk["test_acc_runs"]) == 2
+    assert on_disk["test_acc_mean"] == pytest.approx(sum(on_disk["test_acc_runs"]) / 2)
+    assert set(on_disk["timings_s"]) >= {"plan", "data", "init", "match", "eval"}
+    assert on_disk["peak_memory_mb"] > 0
+    distilled = dpgd.load_distilled(result.output_dir)
+    assert len(distilled) == 100 and distilled.class_names[0] == "0"
+    assert distilled.config["epsilon"] == 2.0
+    assert (result.output_dir / "distilled.png").stat().st_size > 100
+
+
+def test_non_private_run_records_infinity_explicitly(run_with):
+    result = run_with("experiment=dm", "matcher.iterations=100")
+    text = (result.output_dir / "results.json").read_text()
+    assert '"epsilon": Infinity' in text
+    assert json.loads(text)["privacy"]["epsilon"] == math.inf
+
+
+def test_dm_beats_noise_initialisation(run_with):
+    dm = run_with("experiment=dm", "matcher.iterations=100")
+    noise = run_with("experiment=dm", "matcher=none")
+    assert noise.test_acc_mean < 20  # chance is 10%
+    assert dm.test_acc_mean > noise.test_acc_mean + 40
+
+
+def test_more_budget_gives_better_ndpdc(run_with):
+    high = run_with("experiment=ndpdc", "epsilon=10")
+    low = run_with("experiment=ndpdc", "epsilon=0.1")
+    assert high.test_acc_mean > low.test_acc_mean + 15
+
+
+def test_impossible_plan_stops_before_reading_data(tmp_path, monkeypatch, compose):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("private data was read before the plan was checked")
+
+    monkeypatch.setattr(train, "load_dataset", must_not_load)
+    cfg = compose("logger=none", "epsilon=0.0001", "matcher.iterations=100000", "matcher.sample_rate=1.0")
+    with pytest.raises(BudgetError, match="matcher"):
+        train.run(cfg, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["budget.matcher=0.5"], "sum to 1"),
+        (["epsilon=0"], "epsilon=0"),
+        (["delta=0.01"], "delta"),
+        (["matcher=dm"], "epsilon=inf"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_stage(tmp_path, compose, overrides, message):
+    cfg = compose("logger=none", *overrides)
+    with pytest.raises(ConfigError, match=message):
+        train.run(cfg, tmp_path)
+    assert not (tmp_path / "results.json").exists()
