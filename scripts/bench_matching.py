@@ -1,0 +1,96 @@
+"""Benchmark the feature-matching loop: seconds per iteration, images per second, peak memory.
+
+    python scripts/bench_matching.py [--iterations 50] [--cifar-root ../shared/data/cifar10-mini]
+
+Prints a markdown table for dp_feature and dm on digits and the CIFAR-10 slice at IPC 10.
+The first iterations are excluded from the timing (warm-up). Run it before and after a
+change to the hot path and put both tables in the change's note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from dpgd.config import DatasetConfig, MatcherConfig, ModelConfig
+from dpgd.data import load_dataset
+from dpgd.initialisation import initialise
+from dpgd.matching import RandomExtractors, match
+from dpgd.validation import resolve_device
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CIFAR = REPO.parent / "shared" / "data" / "cifar10-mini"
+WARMUP = 5
+
+
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench(dataset, matcher: str, iterations: int, ipc: int, device: torch.device) -> dict[str, float]:
+    cfg = MatcherConfig(name=matcher, iterations=iterations, sample_rate=0.1, batch_real=256, lr_images=10.0)
+    start = initialise("noise", dataset, ipc, 1.0, torch.Generator().manual_seed(0))
+    extractors = RandomExtractors(ModelConfig(), dataset.channels, dataset.num_classes, dataset.image_size,
+                                  torch.Generator().manual_seed(0), device)
+    times: list[float] = []
+    real_counts: list[float] = []
+    last = [time.perf_counter()]
+
+    def on_iteration(iteration: int, metrics: dict[str, float]) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        times.append(now - last[0])
+        real_counts.append(metrics["real_batch"])
+        last[0] = now
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _, stats = match(
+        start.images, start.labels, dataset, cfg, extractors, 5.0 if matcher == "dp_feature" else None,
+        torch.Generator().manual_seed(1), torch.Generator().manual_seed(2), device,
+        on_iteration=on_iteration, progress=False,
+    )
+    steady = torch.tensor(times[WARMUP:] or times)
+    real_per_iteration = sum(real_counts) / len(real_counts)
+    per_iteration = float(steady.mean())
+    return {
+        "real_per_iter": real_per_iteration,
+        "s_per_iter": per_iteration,
+        "s_per_iter_std": float(steady.std()) if len(steady) > 1 else 0.0,
+        "images_per_s": (real_per_iteration + ipc * dataset.num_classes) / per_iteration,
+        "peak_mb": peak_mb(device),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cifar-root", type=Path, default=DEFAULT_CIFAR)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    sets = [("digits", DatasetConfig(name="digits"))]
+    if (args.cifar_root / "train").is_dir():
+        sets.append(("cifar10-mini", DatasetConfig(name="imagefolder", root=str(args.cifar_root))))
+    print(f"device={device} iterations={args.iterations} ipc={args.ipc} threads={torch.get_num_threads()}\n")
+    print("| data set | matcher | real/iter | s / iteration | images / s | peak MB |")
+    print("|---|---|---|---|---|---|")
+    for label, dataset_cfg in sets:
+        dataset = load_dataset(dataset_cfg)
+        for matcher in ("dp_feature", "dm"):
+            row = bench(dataset, matcher, args.iterations, args.ipc, device)
+            real = f"{row['real_per_iter']:.0f} " + ("(Poisson, q=0.1)" if matcher == "dp_feature" else "(<=256/class)")
+            print(f"| {label} | {matcher} | {real} | {row['s_per_iter']:.4f} +- {row['s_per_iter_std']:.4f} "
+                  f"| {row['images_per_s']:.0f} | {row['peak_mb']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
