@@ -1,0 +1,191 @@
+"""Reports over many runs: tables, accuracy-vs-epsilon plots, and the sweep's composed privacy.
+
+Used by ``scripts/summarize.py`` (a multirun folder) and ``scripts/compare_methods.py``.
+Each run is DP on its own; releasing several runs on the same data, or choosing the best
+of them, composes. :func:`composed_privacy` composes every ledger of a data set with the
+same accountant as a single run, so users see the cost of picking the best.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from dpgd.privacy import PrivacyLedger, SubsampledGaussian
+from dpgd.results import LEDGER_FILE, RESULTS_FILE, read_results
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    folder: Path
+    results: dict[str, Any]
+
+    @property
+    def method(self) -> str:
+        return str(self.results.get("method", "custom"))
+
+    @property
+    def epsilon(self) -> float:
+        return float(self.results["epsilon_target"])
+
+
+@dataclass(frozen=True)
+class Row:
+    dataset: str
+    method: str
+    epsilon_target: float
+    ipc: int
+    runs: int
+    acc_mean: float
+    acc_std: float
+    epsilon_spent: float
+
+
+def find_runs(folder: Path) -> list[RunRecord]:
+    """Every finished run (a ``results.json``) under ``folder``, in a stable order."""
+    return [RunRecord(path.parent, read_results(path)) for path in sorted(Path(folder).rglob(RESULTS_FILE))]
+
+
+def aggregate(runs: Iterable[RunRecord]) -> list[Row]:
+    """One row per (data set, method, epsilon, ipc): mean and std over seeds of the run means.
+
+    A single run's std is the std over its own evaluation models.
+    """
+    groups: dict[tuple[str, str, float, int], list[RunRecord]] = {}
+    for run in runs:
+        key = (str(run.results["dataset"]), run.method, run.epsilon, int(run.results["ipc"]))
+        groups.setdefault(key, []).append(run)
+    rows = []
+    for (dataset, method, epsilon, ipc), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
+        means = [float(m.results["test_acc_mean"]) for m in members]
+        std = statistics.pstdev(means) if len(means) > 1 else float(members[0].results.get("test_acc_std", 0.0))
+        spent = max(float(m.results["privacy"]["epsilon"]) for m in members)
+        rows.append(Row(dataset, method, epsilon, ipc, len(members), statistics.fmean(means), std, spent))
+    return rows
+
+
+def _fmt_eps(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.3g}"
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = [
+        "| data set | method | epsilon target | IPC | runs | test acc % (mean +- std) | epsilon spent |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.dataset} | {r.method} | {_fmt_eps(r.epsilon_target)} | {r.ipc} | {r.runs} "
+            f"| {r.acc_mean:.2f} +- {r.acc_std:.2f} | {_fmt_eps(r.epsilon_spent)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["dataset", "method", "epsilon_target", "ipc", "runs", "acc_mean", "acc_std", "epsilon_spent"])
+        for r in rows:
+            writer.writerow([r.dataset, r.method, r.epsilon_target, r.ipc, r.runs, f"{r.acc_mean:.4f}", f"{r.acc_std:.4f}", r.epsilon_spent])
+
+
+def plot_accuracy(rows: list[Row], path: Path) -> None:
+    """Test accuracy against epsilon (log scale), one line per (data set, method), error bars.
+
+    Non-private rows (epsilon=inf) are drawn as a dashed horizontal reference line.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    series: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        series.setdefault((r.dataset, r.method), []).append(r)
+    finite = [r.epsilon_target for r in rows if math.isfinite(r.epsilon_target)]
+    for (dataset, method), members in series.items():
+        label = f"{method} ({dataset})" if len({r.dataset for r in rows}) > 1 else method
+        points = sorted((r for r in members if math.isfinite(r.epsilon_target)), key=lambda r: r.epsilon_target)
+        if points:
+            ax.errorbar([p.epsilon_target for p in points], [p.acc_mean for p in points],
+                        yerr=[p.acc_std for p in points], marker="o", capsize=3, label=label)
+        for r in members:
+            if math.isinf(r.epsilon_target):
+                ax.axhline(r.acc_mean, linestyle="--", linewidth=1, color="grey", label=f"{label}, non-private")
+    if finite:
+        ax.set_xscale("log")
+    ax.set_xlabel("epsilon (target)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_roc_overlay(runs: list[RunRecord], path: Path) -> bool:
+    """Overlay the MIA ROC curves stored in the runs' ``results.json``; False if none has one."""
+    curves = [(run, run.results["mia"]) for run in runs if isinstance(run.results.get("mia"), dict) and run.results["mia"].get("roc")]
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    floor = 1e-4
+    for run, mia in curves:
+        fpr = [max(x, floor) for x in mia["roc"]["fpr"]]
+        tpr = [max(y, floor) for y in mia["roc"]["tpr"]]
+        ax.plot(fpr, tpr, label=f"{run.method} eps={_fmt_eps(run.epsilon)} (AUC {mia['auc']:.2f})")
+    ax.plot([floor, 1], [floor, 1], "k--", linewidth=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def composed_privacy(runs: list[RunRecord]) -> dict[str, dict[str, Any]]:
+    """Per data set: the epsilon of releasing (or choosing among) all its runs together.
+
+    Reads each run's ``privacy_ledger.json`` (falling back to ``results.json["privacy"]``)
+    and composes every mechanism with the ledger's accountant at the smallest delta used.
+    Any non-private run makes the composition infinite.
+    """
+    by_dataset: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        by_dataset.setdefault(str(run.results["dataset"]), []).append(run)
+    out = {}
+    for dataset, members in by_dataset.items():
+        mechanisms: list[SubsampledGaussian] = []
+        non_private = False
+        deltas = []
+        for run in members:
+            ledger_path = run.folder / LEDGER_FILE
+            privacy = read_results(ledger_path) if ledger_path.exists() else run.results["privacy"]
+            deltas.append(float(run.results["delta"]))
+            if not math.isfinite(float(privacy["epsilon"])):
+                non_private = True
+                continue
+            mechanisms.extend(SubsampledGaussian.from_dict(m) for m in privacy["mechanisms"])
+        # The accountant composes the mechanisms themselves, so the joint release is
+        # (epsilon, delta)-DP at any delta we ask for; we ask at the runs' own delta.
+        delta = min(deltas)
+        if non_private:
+            out[dataset] = {"runs": len(members), "epsilon": math.inf, "delta": delta, "note": "includes non-private runs"}
+            continue
+        report = PrivacyLedger(mechanisms).report(delta)
+        out[dataset] = {"runs": len(members), "epsilon": report.epsilon, "epsilon_rdp": report.epsilon_rdp,
+                        "delta": report.delta, "accountant": report.accountant}
+    return out

@@ -1,0 +1,94 @@
+"""W&B tracking (offline, for real), sweeps on the joblib and submitit launchers, sweep reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import dpgd.train as train
+from wandb_records import run_contents
+
+TINY = ["matcher.iterations=10", "evaluation.epochs=10", "evaluation.runs=1"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def offline_runs(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("offline-run-*"))
+
+
+def test_offline_wandb_run_holds_summary_ledger_and_config(tmp_path, compose):
+    cfg = compose("logger=wandb", "epsilon=2", *TINY)
+    result = train.run(cfg, tmp_path, run_name="epsilon=2", run_group="sweep-a")
+    [run_dir] = offline_runs(tmp_path)
+    contents = run_contents(run_dir)
+    summary = contents["summary"]
+    assert summary["eval/test_acc_mean"] == pytest.approx(result.results["test_acc_mean"])
+    assert summary["eval/test_acc_std"] == pytest.approx(result.results["test_acc_std"])
+    assert summary["privacy/epsilon"] == pytest.approx(result.results["privacy"]["epsilon"])
+    assert summary["privacy/epsilon_rdp"] >= summary["privacy/epsilon"] - 0.1
+    assert contents["run"] == {"name": "epsilon=2", "group": "sweep-a", "job_type": "distill"}
+    assert contents["config"]["epsilon"] == 2.0 and contents["config"]["matcher"]["name"] == "dp_feature"
+    # Per-stage step axes: matching iterations, not call counts.
+    match_rows = [row for row in contents["history"] if "match/loss" in row]
+    assert [row["match/step"] for row in match_rows] == list(range(10))
+    # The ledger table, as wandb wrote it.
+    [table] = list(run_dir.rglob("ledger_*.table.json"))
+    data = json.loads(table.read_text())
+    assert data["columns"][:4] == ["component", "noise_multiplier", "sample_rate", "steps"]
+    assert data["data"][0][0] == "matcher" and data["data"][0][3] == 10
+    # Images are of the synthetic set only: init and distilled.
+    logged = {p.parent.name for p in run_dir.rglob("media/images/*/*.png")}
+    assert logged == {"init", "distilled"}
+
+
+def test_two_runs_in_one_process_make_two_wandb_runs(tmp_path, compose):
+    for epsilon in ("1", "5"):
+        train.run(compose("logger=wandb", f"epsilon={epsilon}", *TINY), tmp_path / epsilon, run_name=f"epsilon={epsilon}")
+    runs = offline_runs(tmp_path)
+    assert len(runs) == 2
+    names = sorted(run_contents(r)["run"]["name"] for r in runs)
+    assert names == ["epsilon=1", "epsilon=5"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_two_point_sweep_then_summary(tmp_path, launcher):
+    dpgd = Path(sys.executable).with_name("dpgd")
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    proc = subprocess.run(
+        [str(dpgd), "-m", f"hydra/launcher={launcher}", *extra, "epsilon=1,10", "logger=none", *TINY,
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((tmp_path / "sweep").rglob("results.json"))) == 2
+    report = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "summarize.py"), str(tmp_path / "sweep")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "summary.csv")))
+    assert sorted(float(r["epsilon_target"]) for r in rows) == [1.0, 10.0]
+    assert (tmp_path / "sweep" / "accuracy_vs_epsilon.png").stat().st_size > 1000
+    composed = json.loads((tmp_path / "sweep" / "summary_privacy.json").read_text())["digits"]
+    spent = sorted(json.loads(p.read_text())["privacy"]["epsilon"] for p in (tmp_path / "sweep").rglob("results.json"))
+    # Releasing both runs costs more than the larger one alone, and less than the sum.
+    assert spent[1] < composed["epsilon"] < spent[0] + spent[1]
+
+
+def test_composed_privacy_of_a_sweep_with_a_non_private_run_is_infinite(tmp_path):
+    from dpgd.report import RunRecord, composed_privacy
+
+    private = {"dataset": "digits", "delta": 1e-5, "privacy": {"epsilon": 1.0, "mechanisms": [
+        {"component": "matcher", "noise_multiplier": 5.0, "sample_rate": 0.1, "steps": 200, "sensitivity": "C"}]}}
+    public = {"dataset": "digits", "delta": 1e-5, "privacy": {"epsilon": math.inf, "mechanisms": []}}
+    only_private = composed_privacy([RunRecord(tmp_path / "a", private), RunRecord(tmp_path / "b", private)])
+    assert only_private["digits"]["runs"] == 2 and only_private["digits"]["epsilon"] > 1.0
+    mixed = composed_privacy([RunRecord(tmp_path / "a", private), RunRecord(tmp_path / "c", public)])
+    assert mixed["digits"]["epsilon"] == math.inf
