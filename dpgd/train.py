@@ -13,11 +13,9 @@ import math
 import platform
 import resource
 import sys
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import hydra
 import torch
@@ -30,10 +28,10 @@ from dpgd.config import register_configs
 from dpgd.data import ImageDataset, load_dataset
 from dpgd.errors import DpgdError
 from dpgd.evaluation import evaluate_distilled
-from dpgd.initialisation import DistilledSet, initialise
-from dpgd.matching import PUBLIC_ASSUMPTIONS, RandomExtractors, match
+from dpgd.initialisation import DistilledSet
+from dpgd.matching import PUBLIC_ASSUMPTIONS
+from dpgd.pipeline import StageTimer, distill
 from dpgd.privacy import PrivacyLedger
-from dpgd.seeding import stage_generator
 from dpgd.tracking import Tracker, open_tracker
 from dpgd.validation import check_config, check_data, is_private, resolve_device
 
@@ -53,21 +51,6 @@ class RunResult:
     @property
     def test_acc_mean(self) -> float:
         return float(self.results["test_acc_mean"])
-
-
-@dataclass
-class StageTimer:
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        log.info("stage %s ...", name)
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(time.perf_counter() - start, 3)
-            log.info("stage %s done in %.1f s", name, self.seconds[name])
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -104,15 +87,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
             dataset.channels, dataset.image_size,
         )
 
-        with timer.stage("init"):
-            distilled = initialise(
-                cfg.init.name, dataset, cfg.ipc, float(cfg.epsilon), stage_generator(cfg.seed, "init")
-            )
-        tracker.log_images("init/images", dataset.denormalise(distilled.images), cfg.ipc, "initialisation")
-
-        if cfg.matcher.name != "none":
-            with timer.stage("match"):
-                distilled = run_matching(cfg, dataset, distilled, plan, ledger, device, tracker)
+        distilled = distill(cfg, dataset, plan, ledger, device, tracker, timer)
 
         with timer.stage("eval"):
             evaluation = evaluate_distilled(
@@ -144,47 +119,6 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
         return RunResult(output_dir=output_dir, results=results, distilled=distilled)
     finally:
         tracker.finish(exit_code=exit_code)
-
-
-def run_matching(
-    cfg: DictConfig,
-    dataset: ImageDataset,
-    distilled: DistilledSet,
-    plan: Any,
-    ledger: PrivacyLedger,
-    device: torch.device,
-    tracker: Tracker,
-) -> DistilledSet:
-    noise_multiplier = None
-    if cfg.matcher.name == "dp_feature":
-        if plan is None:
-            raise DpgdError(
-                "matcher=dp_feature with epsilon=inf has no noise plan; use matcher=dm for a non-private run."
-            )
-        for mechanism in plan.mechanisms_for("matcher"):
-            ledger.declare(mechanism)
-        noise_multiplier = plan.for_component("matcher")
-        log.info("matcher: noise multiplier %.4f for %d iterations at q=%.4f",
-                 noise_multiplier, cfg.matcher.iterations, cfg.matcher.sample_rate)
-    extractors = RandomExtractors(
-        cfg.model, dataset.channels, dataset.num_classes, dataset.image_size,
-        stage_generator(cfg.seed, "match", "extractors"), device,
-    )
-    log_every = max(1, cfg.matcher.iterations // 100)
-
-    def on_iteration(iteration: int, metrics: dict[str, float]) -> None:
-        if iteration % log_every == 0 or iteration == cfg.matcher.iterations - 1:
-            tracker.log("match", metrics, step=iteration)
-
-    images, stats = match(
-        distilled.images, distilled.labels, dataset, cfg.matcher, extractors, noise_multiplier,
-        generator=stage_generator(cfg.seed, "match", "sampling"),
-        noise_generator=stage_generator(cfg.seed, "match", "noise"),
-        device=device, on_iteration=on_iteration,
-    )
-    tracker.log("match", {"seconds_per_iteration": stats.seconds / max(1, stats.iterations),
-                          "images_per_second": stats.images_per_second}, step=stats.iterations)
-    return DistilledSet(images, distilled.labels)
 
 
 def privacy_summary(cfg: DictConfig, ledger: PrivacyLedger) -> dict[str, Any]:
