@@ -12,6 +12,9 @@ import math
 
 from omegaconf import DictConfig
 
+from dpgd.errors import ConfigError
+from dpgd.expert import privacy_request as expert_privacy_request
+from dpgd.generators import privacy_request as generator_privacy_request
 from dpgd.privacy import ComponentRequest, NoisePlan, plan_budget
 
 MATCHER_SENSITIVITY = "L2 clip C of each real embedding: one record moves one class sum by at most C"
@@ -20,6 +23,23 @@ MATCHER_SENSITIVITY = "L2 clip C of each real embedding: one record moves one cl
 def component_requests(cfg: DictConfig) -> list[ComponentRequest]:
     """What each configured DP component will run: sample rate and number of releases."""
     requests = []
+    generator_need = generator_privacy_request(cfg.generator)
+    if generator_need is not None:
+        if cfg.budget.generator <= 0:
+            raise ConfigError(
+                f"generator={cfg.generator.name} releases a DP statistic but budget.generator=0; "
+                "give it a share (e.g. budget=dpgeng) or use generator=none."
+            )
+        requests.append(generator_need.component_request(float(cfg.budget.generator)))
+    expert_need = expert_privacy_request(cfg.expert)
+    if expert_need is not None:
+        if cfg.budget.expert <= 0:
+            raise ConfigError(
+                "expert=dp_sgd fine-tunes on the private data but budget.expert=0; "
+                "give it a share (e.g. budget=dpgeng) or use expert=none."
+            )
+        requests.append(ComponentRequest("expert", float(cfg.budget.expert), expert_need.sample_rate,
+                                         expert_need.steps, expert_need.sensitivity))
     if cfg.matcher.name == "dp_feature" and cfg.budget.matcher > 0:
         requests.append(
             ComponentRequest(
@@ -34,10 +54,13 @@ def component_requests(cfg: DictConfig) -> list[ComponentRequest]:
 
 
 def plan_run(cfg: DictConfig) -> NoisePlan | None:
-    """The run's noise plan, or ``None`` for a non-private run (``epsilon=inf``)."""
+    """The run's noise plan; ``None`` for a non-private run (``epsilon=inf``) or one that
+    runs no DP mechanism at all."""
     if not math.isfinite(float(cfg.epsilon)):
         return None
     requests = component_requests(cfg)
+    if not requests:  # nothing data-dependent is released (e.g. noise init, no matching)
+        return None
     # Shares of components that do not run are handed to the ones that do, so a preset
     # like budget=dpgeng with expert=none still spends the whole target.
     total = sum(request.fraction for request in requests)

@@ -17,6 +17,7 @@ matching loss live in the same space (a deterministic map, no privacy cost).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
@@ -28,7 +29,10 @@ from dpgd.augment import DSA
 from dpgd.config import MatcherConfig, ModelConfig
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
+from dpgd.evaluation import train_classifier
+from dpgd.initialisation import expand_multi_formation
 from dpgd.models import seeded_model
+from dpgd.seeding import derive_seed, stage_generator
 
 PUBLIC_ASSUMPTIONS = (
     "class frequencies are public: the noisy class sum is divided by the expected batch size q*N_c",
@@ -59,6 +63,58 @@ class RandomExtractors:
         for parameter in net.parameters():
             parameter.requires_grad_(False)
         return net
+
+
+class PoolTrainedExtractors:
+    """Networks trained on the DP-generated pool (DP-GenG): free by post-processing.
+
+    ``num_extractors`` networks with different seeds, each snapshotted at
+    ``checkpoints`` evenly spaced epochs, so matching draws from early (generic) and late
+    (class-specific) features. Each iteration picks one at random from the run's generator.
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        pool_images: torch.Tensor,
+        pool_labels: torch.Tensor,
+        dataset: ImageDataset,
+        num_extractors: int,
+        epochs: int,
+        checkpoints: int,
+        seed: int,
+        generator: torch.Generator,
+        device: torch.device,
+        progress: bool = True,
+    ) -> None:
+        if num_extractors < 1 or checkpoints < 1 or epochs < checkpoints:
+            raise ConfigError(
+                "matcher.extractors=pool_trained needs num_extractors >= 1, extractor_checkpoints >= 1 and "
+                f"extractor_epochs >= extractor_checkpoints (got {num_extractors}, {checkpoints}, {epochs})."
+            )
+        self.generator = generator
+        self.networks: list[nn.Module] = []
+        bar = tqdm(total=num_extractors * epochs, desc="extractors (pool)", disable=not progress, leave=False)
+        for k in range(num_extractors):
+            net = seeded_model(model_cfg, dataset.channels, dataset.num_classes, dataset.image_size,
+                               derive_seed(seed, "extractors", k, "init"))
+            train_gen = stage_generator(seed, "extractors", k, "train")
+            chunk = epochs // checkpoints
+            for c in range(checkpoints):
+                span = chunk if c < checkpoints - 1 else epochs - chunk * (checkpoints - 1)
+                train_classifier(
+                    net, pool_images, pool_labels, epochs=span, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    batch_size=256, lr_drop_at_half=False, dsa=None, generator=train_gen, device=device,
+                )
+                bar.update(span)
+                snapshot = copy.deepcopy(net).to(device).eval()
+                for parameter in snapshot.parameters():
+                    parameter.requires_grad_(False)
+                self.networks.append(snapshot)
+        bar.close()
+
+    def __call__(self, iteration: int) -> nn.Module:
+        return self.networks[int(torch.randint(len(self.networks), (1,), generator=self.generator))]
 
 
 def clip_rows(embeddings: torch.Tensor, clip_norm: float) -> torch.Tensor:
@@ -137,11 +193,16 @@ def match(
     device: torch.device,
     on_iteration: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
+    factor: int = 1,
+    extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, MatchingStats]:
     """Optimise the synthetic ``images`` (normalised, labels ``labels``) by feature matching.
 
     ``noise_multiplier`` comes from the run's noise plan for ``dp_feature`` and must be
-    ``None`` for ``dm``. Returns the optimised images (detached, on CPU) and statistics.
+    ``None`` for ``dm``. With multi-formation ``factor`` > 1 the stored images are unpacked
+    (differentiably) before embedding. ``extra_loss(images, labels)`` (the expert
+    alignment) is added to the matching loss; it must use no private data. Returns the
+    optimised stored images (detached, on CPU) and statistics.
     """
     import time
 
@@ -189,22 +250,28 @@ def match(
                 target = class_means(real_emb, real_labels, num_classes)
             del real_emb, real_in, real
 
-        syn_in = dsa.apply(syn, params) if dsa is not None else syn
+        syn_full, syn_full_labels = expand_multi_formation(syn, syn_labels, factor)
+        syn_in = dsa.apply(syn_full, params) if dsa is not None else syn_full
         syn_emb = net.embed(syn_in)
         if name == "dp_feature":
             syn_emb = clip_rows(syn_emb, matcher_cfg.clip_norm)
-        loss = ((class_means(syn_emb, syn_labels, num_classes) - target) ** 2).sum()
+        loss = ((class_means(syn_emb, syn_full_labels, num_classes) - target) ** 2).sum()
+        metrics = {"match_loss": float(loss.detach())}
+        if extra_loss is not None:
+            aligned = extra_loss(syn_full, syn_full_labels)
+            metrics["align_loss"] = float(aligned.detach())
+            loss = loss + aligned
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         loss_value = float(loss.detach())
         if on_iteration is not None:
-            on_iteration(iteration, {"loss": loss_value, "real_batch": float(len(index))})
+            on_iteration(iteration, {"loss": loss_value, "real_batch": float(len(index)), **metrics})
     seconds = time.perf_counter() - start
     stats = MatchingStats(
         iterations=matcher_cfg.iterations,
         final_loss=loss_value,
         seconds=seconds,
-        images_per_second=(real_seen + matcher_cfg.iterations * len(syn)) / max(seconds, 1e-9),
+        images_per_second=(real_seen + matcher_cfg.iterations * len(syn) * factor**2) / max(seconds, 1e-9),
     )
     return syn.detach().cpu(), stats

@@ -1,4 +1,4 @@
-"""The release pipeline: DP generation -> initialisation -> feature matching.
+"""The release pipeline: DP generation -> initialisation -> DP expert -> feature matching.
 
 :func:`distill` turns a private data set into a distilled set under a noise plan, declaring
 every DP mechanism to the run's ledger before it runs. ``train.run`` calls it once; the
@@ -9,6 +9,7 @@ attack measures exactly the pipeline that is released.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,9 +19,11 @@ import torch
 from omegaconf import DictConfig
 
 from dpgd.data import ImageDataset
-from dpgd.errors import DpgdError
-from dpgd.initialisation import DistilledSet, initialise
-from dpgd.matching import RandomExtractors, match
+from dpgd.errors import ConfigError
+from dpgd.expert import ExpertAlignment, expert_mechanisms, pool_accuracy, train_expert
+from dpgd.generators import generate_pool, pool_report
+from dpgd.initialisation import POOL_INITS, DistilledSet, check_init, initialise, initialise_from_pool
+from dpgd.matching import PoolTrainedExtractors, RandomExtractors, match
 from dpgd.privacy import PrivacyLedger
 from dpgd.seeding import stage_generator
 from dpgd.tracking import Tracker
@@ -43,6 +46,13 @@ class StageTimer:
             log.info("stage %s done in %.1f s", name, self.seconds[name])
 
 
+def planned_multiplier(plan: Any, component: str) -> float | None:
+    """The plan's noise multiplier for a component, or None if it has no share (or no plan)."""
+    if plan is None or component not in plan.multipliers:
+        return None
+    return plan.for_component(component)
+
+
 def distill(
     cfg: DictConfig,
     dataset: ImageDataset,
@@ -52,23 +62,80 @@ def distill(
     tracker: Tracker | None = None,
     timer: StageTimer | None = None,
     progress: bool = True,
+    metrics: dict[str, Any] | None = None,
 ) -> DistilledSet:
-    """Run the release stages of ``cfg`` on ``dataset`` (the private train split)."""
+    """Run the release stages of ``cfg`` on ``dataset`` (the private train split).
+
+    ``metrics`` (if given) receives per-stage figures for ``results.json``; the pool report
+    (a network trained on the pool, tested on the real test set) runs only then.
+    """
     tracker = tracker or Tracker()
     timer = timer or StageTimer()
+    check_init(cfg.init, cfg.generator.name, dataset.image_size)
+    pool = None
+    if cfg.generator.name != "none":
+        with timer.stage("generate"):
+            pool = generate_pool(cfg, dataset, planned_multiplier(plan, "generator"), ledger, device, progress)
+        if metrics is not None:
+            report = pool_report(pool, dataset, cfg.model, device, cfg.seed, epochs=int(cfg.generator.report_epochs))
+            metrics["generate"] = {"pool_size": len(pool.labels), "pool_test_acc": report["pool_test_acc"],
+                                   "cache_hit": bool(pool.info.get("cache_hit", False))}
+            tracker.log("generate", {"pool_test_acc": report["pool_test_acc"] or float("nan"),
+                                     "pool_size": len(pool.labels)}, step=0)
+            if report["grid"] is not None:
+                tracker.log_images("generate/pool", report["grid"], report["grid_nrow"], "DP-generated pool")
+
     with timer.stage("init"):
-        distilled = initialise(cfg.init.name, dataset, cfg.ipc, float(cfg.epsilon), stage_generator(cfg.seed, "init"))
-    tracker.log_images("init/images", dataset.denormalise(distilled.images), cfg.ipc, "initialisation")
+        if cfg.init.name in POOL_INITS:
+            distilled = initialise_from_pool(cfg.init, pool, dataset, cfg.ipc, cfg.model, device, cfg.seed, progress)
+        else:
+            distilled = initialise(cfg.init.name, dataset, cfg.ipc, float(cfg.epsilon), stage_generator(cfg.seed, "init"))
+    if pool is None or pool.synthetic or not math.isfinite(float(cfg.epsilon)):
+        tracker.log_images("init/images", dataset.denormalise(distilled.images), cfg.ipc, "initialisation")
+
+    alignment = None
+    if cfg.expert.name != "none":
+        if pool is None:
+            raise ConfigError("expert=dp_sgd is pre-trained on the generated pool; set a generator (e.g. generator=dp_merf) or expert=none.")
+        with timer.stage("expert"):
+            alignment = build_alignment(cfg, dataset, pool, plan, ledger, device, progress, metrics, tracker)
+
     if cfg.matcher.name != "none":
         with timer.stage("match"):
-            distilled = run_matching(cfg, dataset, distilled, plan, ledger, device, tracker, progress)
+            distilled = run_matching(cfg, dataset, distilled, pool, alignment, plan, ledger, device, tracker, progress)
     return distilled
+
+
+def build_alignment(
+    cfg: DictConfig, dataset: ImageDataset, pool: Any, plan: Any, ledger: PrivacyLedger,
+    device: torch.device, progress: bool, metrics: dict[str, Any] | None, tracker: Tracker,
+) -> ExpertAlignment:
+    """Train the DP expert (declaring its DP-SGD to the ledger first) and build the loss."""
+    noise_multiplier = planned_multiplier(plan, "expert")
+    if plan is not None:
+        if noise_multiplier is None:
+            raise ConfigError("expert=dp_sgd fine-tunes on private data but has no budget; set budget.expert > 0.")
+        for mechanism in expert_mechanisms(cfg.expert, noise_multiplier):
+            ledger.declare(mechanism)
+    expert = train_expert(cfg.expert, cfg.model, pool.images, pool.labels, dataset, noise_multiplier,
+                          cfg.seed, device, progress)
+    if metrics is not None:
+        accuracy = pool_accuracy(expert, dataset)
+        metrics["expert"] = {"test_acc": accuracy, "seconds": expert.info["seconds"]}
+        tracker.log("expert", {"test_acc": accuracy}, step=int(expert.info["steps"]))
+    return ExpertAlignment(
+        expert.model, pool.images, pool.labels, dataset.num_classes, cfg.expert.temperature,
+        cfg.expert.reference_per_class, cfg.expert.align_weight, cfg.expert.ce_weight,
+        stage_generator(cfg.seed, "expert", "references"), device,
+    )
 
 
 def run_matching(
     cfg: DictConfig,
     dataset: ImageDataset,
     distilled: DistilledSet,
+    pool: Any,
+    alignment: ExpertAlignment | None,
     plan: Any,
     ledger: PrivacyLedger,
     device: torch.device,
@@ -78,7 +145,7 @@ def run_matching(
     noise_multiplier = None
     if cfg.matcher.name == "dp_feature":
         if plan is None:
-            raise DpgdError(
+            raise ConfigError(
                 "matcher=dp_feature with epsilon=inf has no noise plan; use matcher=dm for a non-private run."
             )
         for mechanism in plan.mechanisms_for("matcher"):
@@ -86,22 +153,31 @@ def run_matching(
         noise_multiplier = plan.for_component("matcher")
         log.info("matcher: noise multiplier %.4f for %d iterations at q=%.4f",
                  noise_multiplier, cfg.matcher.iterations, cfg.matcher.sample_rate)
-    extractors = RandomExtractors(
-        cfg.model, dataset.channels, dataset.num_classes, dataset.image_size,
-        stage_generator(cfg.seed, "match", "extractors"), device,
-    )
+    pick = stage_generator(cfg.seed, "match", "extractors")
+    if cfg.matcher.extractors == "pool_trained":
+        if pool is None:
+            raise ConfigError("matcher.extractors=pool_trained needs a generated pool; set a generator or use extractors=random.")
+        extractors: Any = PoolTrainedExtractors(
+            cfg.model, pool.images, pool.labels, dataset, cfg.matcher.num_extractors, cfg.matcher.extractor_epochs,
+            cfg.matcher.extractor_checkpoints, cfg.seed, pick, device, progress,
+        )
+    elif cfg.matcher.extractors == "random":
+        extractors = RandomExtractors(cfg.model, dataset.channels, dataset.num_classes, dataset.image_size, pick, device)
+    else:
+        raise ConfigError(f"matcher.extractors={cfg.matcher.extractors} is unknown; choose random or pool_trained.")
     log_every = max(1, cfg.matcher.iterations // 100)
 
-    def on_iteration(iteration: int, metrics: dict[str, float]) -> None:
+    def on_iteration(iteration: int, values: dict[str, float]) -> None:
         if iteration % log_every == 0 or iteration == cfg.matcher.iterations - 1:
-            tracker.log("match", metrics, step=iteration)
+            tracker.log("match", values, step=iteration)
 
     images, stats = match(
         distilled.images, distilled.labels, dataset, cfg.matcher, extractors, noise_multiplier,
         generator=stage_generator(cfg.seed, "match", "sampling"),
         noise_generator=stage_generator(cfg.seed, "match", "noise"),
         device=device, on_iteration=on_iteration, progress=progress,
+        factor=distilled.factor, extra_loss=alignment,
     )
     tracker.log("match", {"seconds_per_iteration": stats.seconds / max(1, stats.iterations),
                           "images_per_second": stats.images_per_second}, step=stats.iterations)
-    return DistilledSet(images, distilled.labels)
+    return DistilledSet(images, distilled.labels, factor=distilled.factor)

@@ -51,9 +51,11 @@ def save_distilled(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     config: dict[str, Any],
+    factor: int = 1,
 ) -> None:
     torch.save(
         {
+            "factor": factor,
             "images": images.detach().cpu(),
             "labels": labels.detach().cpu(),
             "class_names": list(class_names),
@@ -72,11 +74,19 @@ def save_grid(path: Path, images_01: torch.Tensor, per_row: int) -> None:
 
 
 class DistilledDataset(Dataset):
-    """A released distilled set as a torch Dataset of (normalised image, label) pairs."""
+    """A released distilled set as a torch Dataset of (normalised image, label) pairs.
+
+    With multi-formation (``factor`` > 1) each stored image packs factor^2 tiles;
+    ``stored_images`` keeps the packed release and the Dataset yields the unpacked images.
+    """
 
     def __init__(self, payload: dict[str, Any]) -> None:
-        self.images: torch.Tensor = payload["images"]
-        self.labels: torch.Tensor = payload["labels"]
+        from dpgd.initialisation import expand_multi_formation
+
+        self.factor: int = int(payload.get("factor", 1))
+        self.stored_images: torch.Tensor = payload["images"]
+        self.stored_labels: torch.Tensor = payload["labels"]
+        self.images, self.labels = expand_multi_formation(self.stored_images, self.stored_labels, self.factor)
         self.class_names: list[str] = list(payload["class_names"])
         self.mean: tuple[float, ...] = tuple(payload["mean"])
         self.std: tuple[float, ...] = tuple(payload["std"])

@@ -87,12 +87,13 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
             dataset.channels, dataset.image_size,
         )
 
-        distilled = distill(cfg, dataset, plan, ledger, device, tracker, timer)
+        stage_metrics: dict[str, Any] = {}
+        distilled = distill(cfg, dataset, plan, ledger, device, tracker, timer, metrics=stage_metrics)
 
         with timer.stage("eval"):
+            train_images, train_labels = distilled.expanded()
             evaluation = evaluate_distilled(
-                distilled.images, distilled.labels, dataset, cfg.model, cfg.evaluation, device,
-                seed=cfg.seed, progress=True,
+                train_images, train_labels, dataset, cfg.model, cfg.evaluation, device, seed=cfg.seed, progress=True,
             )
         tracker.log("eval", {"test_acc_mean": evaluation.mean, "test_acc_std": evaluation.std})
 
@@ -113,6 +114,8 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
             "device": str(device),
             "num_train": dataset.num_train,
             "num_classes": dataset.num_classes,
+            "multi_formation": distilled.factor,
+            "stages": stage_metrics,
         }
         write_artifacts(output_dir, cfg, dataset, distilled, results, ledger, resolved, tracker)
         exit_code = 0
@@ -150,7 +153,7 @@ def write_artifacts(
     artifacts.write_json(output_dir / artifacts.LEDGER_FILE, results["privacy"])
     artifacts.save_distilled(
         output_dir / artifacts.DISTILLED_FILE, distilled.images, distilled.labels,
-        dataset.class_names, dataset.mean, dataset.std, resolved,
+        dataset.class_names, dataset.mean, dataset.std, resolved, factor=distilled.factor,
     )
     images_01 = dataset.denormalise(distilled.images)
     artifacts.save_grid(output_dir / artifacts.GRID_FILE, images_01, cfg.ipc)

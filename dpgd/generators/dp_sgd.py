@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import torch
 from opacus import GradSampleModule
@@ -135,7 +136,10 @@ class DpSgdVae(PoolGenerator):
                 eps = torch.randn(index.numel(), latent_dim, generator=latent).to(device)
                 recon, mean, log_var = model(images[index], labels[index], eps)
                 loss = per_sample_loss(recon, images[index], mean, log_var, float(opts.obs_var)).mean()
-                loss.backward()
+                with warnings.catch_warnings():
+                    # opacus's hooks fire on outputs because the (private) inputs need no grad: expected.
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    loss.backward()
                 if step % 20 == 0:  # on the terminal only: a loss of private records, not a DP output
                     bar.set_postfix(loss=f"{loss.item():.2f}")
             optimizer.step()

@@ -156,7 +156,7 @@ class DiffusersSource:
                 f"no saved UNet2DModel (config.json) in {folder} or {folder / 'unet'}; "
                 "generator.pe.diffusers_path must point at a local save_pretrained folder (nothing is downloaded)."
             )
-        self.unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True).to(device).eval()
+        self.unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, low_cpu_mem_usage=False).to(device).eval()
         for sub in (folder / "scheduler", folder):
             if (sub / "scheduler_config.json").is_file():
                 self.scheduler = DDPMScheduler.from_pretrained(str(sub), local_files_only=True)
@@ -208,7 +208,7 @@ class DiffusersSource:
         """SDEdit: diffuse to ``t = strength * (T - 1)`` and denoise back."""
         start = int(round(min(max(strength, 0.0), 1.0) * (self.scheduler.config.num_train_timesteps - 1)))
         kept = [t for t in self.scheduler.timesteps if int(t) <= start]
-        if not kept:
+        if start == 0 or not kept:  # strength 0: no noise, so nothing to denoise
             return images.clone()
         first = kept[0]
         out = []

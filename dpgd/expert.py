@@ -1,0 +1,181 @@
+"""The DP expert and its alignment loss (the ``expert`` group; DP-GenG stage 5).
+
+The expert is a classifier pre-trained on the DP-generated pool (free: post-processing)
+and fine-tuned on the private train set with DP-SGD through opacus: Poisson sampling at
+rate q, per-sample gradients clipped to ``clip_norm``, Gaussian noise of std
+``noise_multiplier * clip_norm`` added once per step by opacus's ``DPOptimizer``. Its
+``steps`` releases at rate q are one :class:`~dpgd.privacy.SubsampledGaussian` record,
+declared to the ledger before fine-tuning starts.
+
+The alignment loss then uses only the expert and the pool, so it costs no extra privacy:
+for each distilled image, KL(expert's mean soft prediction on same-class pool images ||
+expert's soft prediction on the image), at temperature T, plus cross-entropy to its label.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from opacus.data_loader import DPDataLoader
+from opacus.optimizers import DPOptimizer
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
+
+from dpgd.data import ImageDataset
+from dpgd.errors import ConfigError
+from dpgd.evaluation import test_accuracy, train_classifier
+from dpgd.models import seeded_model
+from dpgd.privacy import SubsampledGaussian
+from dpgd.seeding import derive_seed, stage_generator
+
+log = logging.getLogger(__name__)
+
+EXPERT_COMPONENT = "expert"
+EXPERT_SENSITIVITY = "per-sample gradient clipped to clip_norm (opacus DPOptimizer)"
+
+
+@dataclass(frozen=True)
+class ExpertNeed:
+    sample_rate: float
+    steps: int
+    sensitivity: str = EXPERT_SENSITIVITY
+
+
+def privacy_request(expert_cfg: Any) -> ExpertNeed | None:
+    """What the expert's fine-tuning will release; None when the stage is off."""
+    if expert_cfg.name == "none":
+        return None
+    if expert_cfg.name != "dp_sgd":
+        raise ConfigError(f"expert={expert_cfg.name} is unknown; choose dp_sgd or none.")
+    return ExpertNeed(float(expert_cfg.sample_rate), int(expert_cfg.steps))
+
+
+@dataclass
+class Expert:
+    model: nn.Module
+    info: dict[str, float]
+
+
+def train_expert(
+    expert_cfg: Any,
+    model_cfg: Any,
+    pool_images: torch.Tensor,
+    pool_labels: torch.Tensor,
+    dataset: ImageDataset,
+    noise_multiplier: float | None,
+    seed: int,
+    device: torch.device,
+    progress: bool = True,
+) -> Expert:
+    """Pre-train on the pool, then DP-SGD fine-tune on ``dataset`` (no noise if multiplier is None).
+
+    ``noise_multiplier`` None means a deliberately non-private run (``epsilon=inf``):
+    gradients are still clipped, but no noise is added.
+    """
+    started = time.perf_counter()
+    model = seeded_model(
+        model_cfg, dataset.channels, dataset.num_classes, dataset.image_size, derive_seed(seed, "expert", "init")
+    )
+    if expert_cfg.pretrain_epochs > 0:
+        train_classifier(
+            model, pool_images, pool_labels, epochs=int(expert_cfg.pretrain_epochs), lr=float(expert_cfg.pretrain_lr),
+            momentum=0.9, weight_decay=5e-4, batch_size=256, lr_drop_at_half=True, dsa=None,
+            generator=stage_generator(seed, "expert", "pretrain"), device=device, progress=progress,
+            desc="expert pretrain",
+        )
+    model.train()
+    private = TensorDataset(dataset.train_images, dataset.train_labels)
+    sample_rate = float(expert_cfg.sample_rate)
+    loader = DPDataLoader(private, sample_rate=sample_rate, generator=stage_generator(seed, "expert", "sampling"))
+    module = GradSampleModule(model.to(device))
+    optimizer = DPOptimizer(
+        torch.optim.SGD(module.parameters(), lr=float(expert_cfg.lr), momentum=0.9),
+        noise_multiplier=float(noise_multiplier or 0.0),
+        max_grad_norm=float(expert_cfg.clip_norm),
+        expected_batch_size=max(1, round(sample_rate * len(private))),
+        generator=stage_generator(seed, "expert", "noise", device=device),
+    )
+    steps = int(expert_cfg.steps)
+    done = 0
+    bar = tqdm(total=steps, desc="expert DP-SGD", disable=not progress, leave=False)
+    while done < steps:
+        for images, labels in loader:
+            if done >= steps:
+                break
+            images, labels = images.to(device), labels.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            if len(labels):
+                loss = F.cross_entropy(module(images), labels)
+                loss.backward()
+            else:  # an empty Poisson batch still releases noise: take the (noise-only) step
+                for parameter in module.parameters():
+                    parameter.grad_sample = torch.zeros((0, *parameter.shape), device=device)
+            optimizer.step()
+            done += 1
+            bar.update(1)
+    bar.close()
+    # Drop opacus's hooks and per-sample gradients: the expert is used as a plain network.
+    model = module.to_standard_module()
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    info = {"seconds": time.perf_counter() - started, "steps": float(done)}
+    log.info("expert: %d DP-SGD steps at q=%.4f, noise multiplier %s", done, sample_rate, noise_multiplier)
+    return Expert(model, info)
+
+
+def expert_mechanisms(expert_cfg: Any, noise_multiplier: float) -> tuple[SubsampledGaussian, ...]:
+    need = privacy_request(expert_cfg)
+    assert need is not None
+    return (SubsampledGaussian(EXPERT_COMPONENT, noise_multiplier, need.sample_rate, need.steps, need.sensitivity),)
+
+
+def pool_accuracy(expert: Expert, dataset: ImageDataset) -> float:
+    """Test accuracy of the expert (reporting only; nothing is selected on it)."""
+    return test_accuracy(expert.model, dataset.test_images, dataset.test_labels, 2048)
+
+
+class ExpertAlignment:
+    """The alignment loss: KL to same-class pool predictions plus cross-entropy to the label."""
+
+    def __init__(
+        self,
+        expert: nn.Module,
+        pool_images: torch.Tensor,
+        pool_labels: torch.Tensor,
+        num_classes: int,
+        temperature: float,
+        reference_per_class: int,
+        align_weight: float,
+        ce_weight: float,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> None:
+        self.expert = expert.to(device).eval()
+        self.temperature = float(temperature)
+        self.align_weight = float(align_weight)
+        self.ce_weight = float(ce_weight)
+        targets = []
+        with torch.no_grad():
+            for label in range(num_classes):
+                index = torch.nonzero(pool_labels == label).flatten()
+                if len(index) == 0:
+                    raise ConfigError(f"the pool has no image of class {label}; the expert alignment needs some.")
+                index = index[torch.randperm(len(index), generator=generator)[:reference_per_class]]
+                logits = self.expert(pool_images[index].to(device)) / self.temperature
+                targets.append(F.softmax(logits, dim=1).mean(0))
+        self.targets = torch.stack(targets)  # (K, K): expert's mean soft prediction per class
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.expert(images)
+        log_q = F.log_softmax(logits / self.temperature, dim=1)
+        target = self.targets[labels]
+        kl = (target * (target.clamp_min(1e-12).log() - log_q)).sum(1).mean() * self.temperature**2
+        return self.align_weight * kl + self.ce_weight * F.cross_entropy(logits, labels)

@@ -1,0 +1,149 @@
+"""Initialisation: noise/real, k-means and random picks from a pool, multi-formation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dpgd.config import DatasetConfig, InitConfig, ModelConfig
+from dpgd.data import load_dataset
+from dpgd.errors import ConfigError
+from dpgd.generators import Pool
+from dpgd.initialisation import (
+    DistilledSet,
+    check_init,
+    expand_multi_formation,
+    initialise,
+    initialise_from_pool,
+    kmeans_nearest,
+    pack_multi_formation,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread():
+    """Many tiny ops: one thread is about as fast on an idle machine and 10x faster on a
+    busy one, where OpenMP threads wait on each other. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SMALL_NET = ModelConfig(width=32)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DatasetConfig(name="digits"))
+
+
+@pytest.fixture(scope="module")
+def pool(digits) -> Pool:
+    """A stand-in pool: 60 images per class (the test needs pool images, not DP ones)."""
+    keep = torch.cat([torch.nonzero(digits.train_labels == c).flatten()[:60] for c in range(10)])
+    return Pool(digits.train_images[keep].clone(), digits.train_labels[keep].clone())
+
+
+def pool_rows(pool: Pool, images: torch.Tensor) -> list[int]:
+    """Index in the pool of each image (exact match), -1 when absent."""
+    flat = pool.images.flatten(1)
+    rows = []
+    for image in images.flatten(1):
+        hit = torch.nonzero((flat == image).all(dim=1)).flatten()
+        rows.append(int(hit[0]) if len(hit) else -1)
+    return rows
+
+
+def test_noise_and_real_keep_their_behaviour(digits) -> None:
+    noise = initialise("noise", digits, 3, 1.0, torch.Generator().manual_seed(0))
+    assert noise.images.shape == (30, 1, 8, 8) and noise.factor == 1
+    real = initialise("real", digits, 2, math.inf, torch.Generator().manual_seed(0))
+    assert real.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    with pytest.raises(ConfigError, match="epsilon=inf"):
+        initialise("real", digits, 2, 1.0, torch.Generator())
+    with pytest.raises(ConfigError, match="generator"):
+        initialise("kmeans", digits, 2, 1.0, torch.Generator())
+
+
+@pytest.mark.parametrize("feature_space", ["pixels", "pool_net"])
+def test_kmeans_keeps_distinct_pool_images_per_class(digits, pool, feature_space) -> None:
+    cfg = InitConfig(name="kmeans", feature_space=feature_space, net_epochs=3, kmeans_restarts=1)
+    distilled = initialise_from_pool(cfg, pool, digits, 5, SMALL_NET, CPU, seed=0)
+    assert distilled.images.shape == (50, 1, 8, 8) and distilled.factor == 1
+    assert distilled.labels.tolist() == [c for c in range(10) for _ in range(5)]
+    rows = pool_rows(pool, distilled.images)
+    assert -1 not in rows and len(set(rows)) == 50
+    assert pool.labels[rows].tolist() == distilled.labels.tolist()
+    again = initialise_from_pool(cfg, pool, digits, 5, SMALL_NET, CPU, seed=0)
+    torch.testing.assert_close(again.images, distilled.images)  # reproducible from the seed
+
+
+def test_kmeans_nearest_picks_one_row_per_cluster() -> None:
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    noise = 0.1 * torch.randn(60, 2, generator=torch.Generator().manual_seed(0))
+    points = centres.repeat(20, 1) + noise  # three tight, well separated clusters
+    chosen = kmeans_nearest(points, 3, iters=50, restarts=2, seed=0)
+    nearest_centre = torch.cdist(points[chosen], centres).argmin(dim=1)
+    assert sorted(nearest_centre.tolist()) == [0, 1, 2]  # one representative per cluster
+    assert len(set(chosen.tolist())) == 3
+
+
+def test_random_pool_picks_distinct_pool_images(digits, pool) -> None:
+    distilled = initialise_from_pool(InitConfig(name="random_pool"), pool, digits, 4, SMALL_NET, CPU, seed=1)
+    rows = pool_rows(pool, distilled.images)
+    assert -1 not in rows and len(set(rows)) == 40
+    assert pool.labels[rows].tolist() == distilled.labels.tolist()
+
+
+def test_multi_formation_packs_and_expands(digits, pool) -> None:
+    cfg = InitConfig(name="kmeans", feature_space="pixels", multi_formation=2, kmeans_restarts=1)
+    distilled = initialise_from_pool(cfg, pool, digits, 3, SMALL_NET, CPU, seed=0)
+    assert distilled.images.shape == (30, 1, 8, 8) and distilled.factor == 2
+    images, labels = distilled.expanded()
+    assert images.shape == (120, 1, 8, 8)
+    assert labels.tolist() == [c for c in range(10) for _ in range(12)]
+
+    # Constant tiles survive the round trip exactly and land in row-major order.
+    values = torch.arange(8, dtype=torch.float32)
+    tiles = values.view(8, 1, 1, 1).expand(8, 1, 8, 8)
+    packed = pack_multi_formation(tiles, 2)
+    assert packed.shape == (2, 1, 8, 8)
+    assert packed[0, 0, :4, :4].unique().tolist() == [0.0] and packed[0, 0, 4:, :4].unique().tolist() == [2.0]
+    full, full_labels = expand_multi_formation(packed, torch.tensor([3, 7]), 2)
+    torch.testing.assert_close(full, tiles)
+    assert full_labels.tolist() == [3, 3, 3, 3, 7, 7, 7, 7]
+    assert expand_multi_formation(packed, torch.tensor([3, 7]), 1)[0] is packed
+
+    # Expansion is differentiable (matching runs through it).
+    stored = torch.zeros(2, 1, 8, 8, requires_grad=True)
+    expand_multi_formation(stored, torch.tensor([0, 1]), 2)[0].sum().backward()
+    assert stored.grad is not None and stored.grad.abs().sum() > 0
+
+
+def test_pool_inits_refuse_bad_settings(digits, pool) -> None:
+    with pytest.raises(ConfigError, match="generator=dp_merf"):
+        initialise_from_pool(InitConfig(name="kmeans"), None, digits, 2, SMALL_NET, CPU, seed=0)
+    with pytest.raises(ConfigError, match="generator=dp_merf"):
+        check_init(InitConfig(name="kmeans"), "none")
+    with pytest.raises(ConfigError, match="pool_per_class"):
+        initialise_from_pool(InitConfig(name="random_pool", multi_formation=2), pool, digits, 20, SMALL_NET, CPU, 0)
+    with pytest.raises(ConfigError, match="divide"):
+        check_init(InitConfig(name="kmeans", multi_formation=3), "dp_merf", digits.image_size)
+    with pytest.raises(ConfigError, match="kmeans/random_pool only"):
+        check_init(InitConfig(name="noise", multi_formation=2), "none")
+    with pytest.raises(ConfigError, match="feature_space"):
+        check_init(InitConfig(name="kmeans", feature_space="clip"), "dp_merf")
+    with pytest.raises(ConfigError, match="does not use a pool"):
+        initialise_from_pool(InitConfig(name="noise"), pool, digits, 2, SMALL_NET, CPU, seed=0)
+    check_init(InitConfig(name="random_pool", multi_formation=2), "dp_merf", digits.image_size)
+
+
+def test_distilled_set_defaults_to_factor_one() -> None:
+    distilled = DistilledSet(torch.zeros(4, 1, 8, 8), torch.tensor([0, 0, 1, 1]))
+    images, labels = distilled.expanded()
+    assert images is distilled.images and labels is distilled.labels
