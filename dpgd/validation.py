@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
+from dpgd.initialisation import check_init
 
 NON_PRIVATE_ONLY = {
     ("init", "real"): "init=real copies private images into the release",
@@ -59,6 +60,7 @@ def check_config(cfg: DictConfig) -> None:
                 "matcher=dp_feature needs a share of the budget but budget.matcher=0; "
                 "give it a fraction or use matcher=none."
             )
+    check_init(cfg.init, cfg.generator.name)
     resolve_device(cfg.device)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+# Generated pools are cached on disk; tests keep theirs out of the user's cache.
+os.environ.setdefault("DPGD_CACHE_DIR", tempfile.mkdtemp(prefix="dpgd-test-pools-"))
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_MINI = (REPO.parent / "shared" / "data" / "cifar10-mini").resolve()

@@ -35,7 +35,7 @@ def run_with(tmp_path_factory):
 
 
 def test_ledger_recomputes_to_the_reported_epsilon(run_with):
-    result = run_with("epsilon=2", "matcher.iterations=100")
+    result = run_with("experiment=ndpdc", "epsilon=2", "matcher.iterations=100")
     ledger = json.loads((result.output_dir / "privacy_ledger.json").read_text())
     assert ledger["mechanisms"] == result.results["privacy"]["mechanisms"]
     [mechanism] = ledger["mechanisms"]
@@ -52,7 +52,7 @@ def test_ledger_recomputes_to_the_reported_epsilon(run_with):
 
 
 def test_results_contract_and_artifacts(run_with):
-    result = run_with("epsilon=2", "matcher.iterations=100")
+    result = run_with("experiment=ndpdc", "epsilon=2", "matcher.iterations=100")
     on_disk = json.loads((result.output_dir / "results.json").read_text())
     assert on_disk["dataset"] == "digits" and on_disk["method"] == "ndpdc"
     assert on_disk["epsilon_target"] == 2.0 and on_disk["delta"] == 1e-5
@@ -91,7 +91,8 @@ def test_impossible_plan_stops_before_reading_data(tmp_path, monkeypatch, compos
         raise AssertionError("private data was read before the plan was checked")
 
     monkeypatch.setattr(train, "load_dataset", must_not_load)
-    cfg = compose("logger=none", "epsilon=0.0001", "matcher.iterations=100000", "matcher.sample_rate=1.0")
+    cfg = compose("logger=none", "experiment=ndpdc", "epsilon=0.0001", "matcher.iterations=100000",
+                  "matcher.sample_rate=1.0")
     with pytest.raises(BudgetError, match="matcher"):
         train.run(cfg, tmp_path)
     assert not list(tmp_path.iterdir())
@@ -100,10 +101,12 @@ def test_impossible_plan_stops_before_reading_data(tmp_path, monkeypatch, compos
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["budget.matcher=0.5"], "sum to 1"),
+        (["budget.matcher=0.9"], "sum to 1"),
         (["epsilon=0"], "epsilon=0"),
         (["delta=0.01"], "delta"),
         (["matcher=dm"], "epsilon=inf"),
+        (["experiment=ndpdc", "expert=dp_sgd", "generator=dp_merf"], "budget.generator=0"),
+        (["init=kmeans", "generator=none", "expert=none", "matcher.extractors=random"], "needs a generator"),
     ],
 )
 def test_bad_settings_are_refused_before_any_stage(tmp_path, compose, overrides, message):
@@ -111,3 +114,25 @@ def test_bad_settings_are_refused_before_any_stage(tmp_path, compose, overrides,
     with pytest.raises(ConfigError, match=message):
         train.run(cfg, tmp_path)
     assert not (tmp_path / "results.json").exists()
+
+
+SHORT_DPGENG = (
+    "generator.dp_merf.steps=100", "generator.pool_per_class=100", "generator.report_epochs=5",
+    "init.net_epochs=5", "expert.pretrain_epochs=5", "expert.steps=50", "matcher.iterations=50",
+    "matcher.extractor_epochs=6",
+)
+
+
+def test_dpgeng_ledger_composes_generator_matcher_and_expert(run_with):
+    result = run_with("epsilon=1", *SHORT_DPGENG)
+    privacy = result.results["privacy"]
+    assert result.results["method"] == "dpgeng"
+    assert sorted(m["component"] for m in privacy["mechanisms"]) == ["expert", "generator", "matcher"]
+    generator = next(m for m in privacy["mechanisms"] if m["component"] == "generator")
+    assert generator["sample_rate"] == 1.0 and generator["steps"] == 1  # DP-MERF: one release
+    assert 0.98 <= privacy["epsilon"] <= 1.0
+    stages = result.results["stages"]
+    assert stages["generate"]["pool_size"] == 1000
+    assert stages["generate"]["pool_test_acc"] > 40  # a DP-MERF pool at epsilon 0.5 or so
+    assert set(result.results["timings_s"]) >= {"generate", "init", "expert", "match", "eval"}
+    assert result.test_acc_mean > 40
