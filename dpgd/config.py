@@ -17,6 +17,8 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from dpgd.mia.settings import MiaConfig
+
 
 @dataclass
 class DatasetConfig:
@@ -241,11 +243,6 @@ class EvaluationConfig:
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     test_batch_size: int = 2048
-
-
-@dataclass
-class MiaConfig:
-    name: str = "none"
 
 
 @dataclass

@@ -30,6 +30,7 @@ from dpgd.errors import DpgdError
 from dpgd.evaluation import evaluate_distilled
 from dpgd.initialisation import DistilledSet
 from dpgd.matching import PUBLIC_ASSUMPTIONS
+from dpgd.mia.stage import run_attack
 from dpgd.pipeline import StageTimer, distill
 from dpgd.privacy import PrivacyLedger
 from dpgd.tracking import Tracker, open_tracker
@@ -97,6 +98,12 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
             )
         tracker.log("eval", {"test_acc_mean": evaluation.mean, "test_acc_std": evaluation.std})
 
+        mia = None
+        if cfg.mia.name != "none":
+            # Evaluation, not release: shadow runs use their own ledgers; this run's is unchanged.
+            with timer.stage("mia"):
+                mia = run_attack(cfg, dataset, device, output_dir, tracker)
+
         privacy = privacy_summary(cfg, ledger)
         results = {
             "dataset": dataset.name,
@@ -117,6 +124,8 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
             "multi_formation": distilled.factor,
             "stages": stage_metrics,
         }
+        if mia is not None:
+            results["mia"] = mia
         write_artifacts(output_dir, cfg, dataset, distilled, results, ledger, resolved, tracker)
         exit_code = 0
         return RunResult(output_dir=output_dir, results=results, distilled=distilled)
@@ -171,6 +180,8 @@ def write_artifacts(
         "privacy/epsilon": privacy["epsilon"],
         "privacy/epsilon_rdp": privacy["epsilon_rdp"],
     })
+    if "mia" in results:
+        tracker.summary({"mia/auc": results["mia"]["auc"], "mia/tpr_at_0.1pct_fpr": results["mia"]["tpr_at_0.1pct_fpr"]})
     if cfg.logger.get("log_artifact", False):
         tracker.log_file_artifact(f"distilled-{dataset.name}", "distilled-set", output_dir / artifacts.DISTILLED_FILE)
     log.info("test accuracy %.2f +- %.2f %% | epsilon %s | artifacts in %s",
