@@ -63,9 +63,9 @@ class InitConfig:
     kmeans_iters: int = 100
     # k-means restarts (best inertia kept): 3 removes most bad seeds at 3x the cost.
     kmeans_restarts: int = 3
-    # pool_net: epochs of the ConvNet trained on the pool (post-processing, free). 30
-    # reaches a plateau on pools of a few hundred per class; embeddings need no more.
-    net_epochs: int = 30
+    # pool_net: epochs of the ConvNet trained on the pool (post-processing, free). Every
+    # pool epoch is paid by each CPU run; 15 gives a usable embedding for clustering.
+    net_epochs: int = 15
     # pool_net: SGD lr and batch of that ConvNet, the evaluation protocol's values.
     net_lr: float = 0.01
     net_batch_size: int = 256
@@ -89,9 +89,9 @@ class DpMerfConfig:
     latent_dim: int = 32
     width: int = 64
     # Adam steps fitting the generator to the released embedding (post-processing: free).
-    # Digits plateau by 300 (88% pool accuracy at epsilon 1 for 300 and 1000 steps); 1000
-    # leaves room for 32x32 data at ~0.2-0.3 s a step on a CPU.
-    steps: int = 1000
+    # Digits plateau by 300 (88% pool accuracy at epsilon 1 for 300 and 1000 steps); 500
+    # keeps a margin for 32x32 data while the default CPU run stays within ~2 minutes.
+    steps: int = 500
     # Generated images per class per step: the generated mean's sampling error
     # (~1/sqrt(32) of the feature spread) is below the release noise at useful epsilons;
     # 64 gave the same accuracy on digits at twice the cost.
@@ -162,14 +162,15 @@ class GeneratorConfig:
     # none | real (epsilon=inf only) | dp_merf | dp_sgd | pe
     name: str = "none"
     # Synthetic images per class in the pool; k-means needs >= ipc * multi_formation^2.
-    pool_per_class: int = 500
+    # Every later stage trains on the pool, so its size sets the CPU cost of a run.
+    pool_per_class: int = 200
     # Reuse a pool fitted with the same data, settings, noise multiplier and seed.
     cache: bool = True
     # null = $DPGD_CACHE_DIR or ~/.cache/dpgd/pools.
     cache_dir: Optional[str] = None
     # Epochs of the ConvNet trained on the pool for the pool's test accuracy (reporting
     # only, never used to select anything); 0 skips the report.
-    report_epochs: int = 30
+    report_epochs: int = 10
     dp_merf: DpMerfConfig = field(default_factory=DpMerfConfig)
     dp_sgd: DpSgdConfig = field(default_factory=DpSgdConfig)
     pe: PeConfig = field(default_factory=PeConfig)
@@ -182,6 +183,29 @@ class BudgetConfig:
     generator: float = 0.0
     matcher: float = 1.0
     expert: float = 0.0
+
+
+@dataclass
+class NoiseScheduleConfig:
+    """How a DP component's noise multiplier changes across its steps (dpgd.privacy.schedules).
+
+    sigma_t = s * r_t with r decreasing from about ``ratio`` to 1; the planner calibrates
+    the scale s so the component's composed epsilon meets its share. Decaying noise spends
+    the budget late, when the synthetic images (or the expert) are close and small noisy
+    corrections matter most; early steps only need a coarse direction.
+    """
+
+    # constant | linear | exponential | step
+    kind: str = "constant"
+    # sigma_start / sigma_end (>= 1). 3 keeps the first steps usable: at epsilon 1 on
+    # digits a constant sigma is ~6, so the schedule runs ~12 -> ~4.
+    ratio: float = 3.0
+    # step: number of equal phases, sigma dropping geometrically between them.
+    phases: int = 3
+    # linear/exponential: constant pieces the schedule is quantised into (= ledger records
+    # per component). The run uses the quantised sigmas, so the ledger is exact; 20 pieces
+    # are within 6% of the continuous curve at ratio 3 and keep planning to a few seconds.
+    pieces: int = 20
 
 
 @dataclass
@@ -201,10 +225,12 @@ class MatcherConfig:
     # pool_trained: independently seeded networks, each kept at several checkpoints, so
     # matching sees early (generic) and late (class-specific) features.
     num_extractors: int = 3
-    extractor_epochs: int = 30
+    extractor_epochs: int = 15
     extractor_checkpoints: int = 3
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    # dp_feature: the noise multiplier across iterations (constant = NDPDC).
+    noise_schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
 
 
 @dataclass
@@ -212,7 +238,7 @@ class ExpertConfig:
     # none | dp_sgd (pre-trained on the pool, DP-SGD fine-tuned on the private data)
     name: str = "none"
     # Pre-training on the pool: free (post-processing).
-    pretrain_epochs: int = 30
+    pretrain_epochs: int = 15
     pretrain_lr: float = 0.01
     # DP-SGD fine-tuning: Poisson rate, number of steps, per-sample clip, SGD step size.
     sample_rate: float = 0.05
@@ -226,6 +252,8 @@ class ExpertConfig:
     temperature: float = 4.0
     # Pool images per class whose mean soft prediction is the class target.
     reference_per_class: int = 200
+    # dp_sgd: the noise multiplier across DP-SGD steps (constant = plain DP-SGD).
+    noise_schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
 
 
 @dataclass
