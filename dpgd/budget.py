@@ -8,6 +8,7 @@ target raises :class:`~dpgd.errors.BudgetError` here, at the start of the run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from omegaconf import DictConfig
@@ -15,9 +16,18 @@ from omegaconf import DictConfig
 from dpgd.errors import ConfigError
 from dpgd.expert import privacy_request as expert_privacy_request
 from dpgd.generators import privacy_request as generator_privacy_request
-from dpgd.privacy import ComponentRequest, NoisePlan, plan_budget
+from dpgd.privacy import ComponentRequest, NoisePlan, plan_budget, schedule_from_config
 
 MATCHER_SENSITIVITY = "L2 clip C of each real embedding: one record moves one class sum by at most C"
+
+
+def _schedule(component_cfg: DictConfig, steps: int):
+    """Relative noise schedule of a component (None = constant, the planner's default)."""
+    schedule_cfg = component_cfg.get("noise_schedule")
+    if schedule_cfg is None or steps < 1:
+        return None
+    pieces = schedule_from_config(schedule_cfg, steps)
+    return None if len(pieces) == 1 else pieces
 
 
 def component_requests(cfg: DictConfig) -> list[ComponentRequest]:
@@ -39,7 +49,8 @@ def component_requests(cfg: DictConfig) -> list[ComponentRequest]:
                 "give it a share (e.g. budget=dpgeng) or use expert=none."
             )
         requests.append(ComponentRequest("expert", float(cfg.budget.expert), expert_need.sample_rate,
-                                         expert_need.steps, expert_need.sensitivity))
+                                         expert_need.steps, expert_need.sensitivity,
+                                         _schedule(cfg.expert, expert_need.steps)))
     if cfg.matcher.name == "dp_feature" and cfg.budget.matcher > 0:
         requests.append(
             ComponentRequest(
@@ -48,6 +59,7 @@ def component_requests(cfg: DictConfig) -> list[ComponentRequest]:
                 sample_rate=float(cfg.matcher.sample_rate),
                 steps=int(cfg.matcher.iterations),
                 sensitivity=MATCHER_SENSITIVITY,
+                schedule=_schedule(cfg.matcher, int(cfg.matcher.iterations)),
             )
         )
     return requests
@@ -64,7 +76,5 @@ def plan_run(cfg: DictConfig) -> NoisePlan | None:
     # Shares of components that do not run are handed to the ones that do, so a preset
     # like budget=dpgeng with expert=none still spends the whole target.
     total = sum(request.fraction for request in requests)
-    requests = [
-        ComponentRequest(r.name, r.fraction / total, r.sample_rate, r.steps, r.sensitivity) for r in requests
-    ]
+    requests = [dataclasses.replace(r, fraction=r.fraction / total) for r in requests]
     return plan_budget(float(cfg.epsilon), float(cfg.delta), requests)

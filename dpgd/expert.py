@@ -4,8 +4,10 @@ The expert is a classifier pre-trained on the DP-generated pool (free: post-proc
 and fine-tuned on the private train set with DP-SGD through opacus: Poisson sampling at
 rate q, per-sample gradients clipped to ``clip_norm``, Gaussian noise of std
 ``noise_multiplier * clip_norm`` added once per step by opacus's ``DPOptimizer``. Its
-``steps`` releases at rate q are one :class:`~dpgd.privacy.SubsampledGaussian` record,
-declared to the ledger before fine-tuning starts.
+``steps`` releases at rate q are one :class:`~dpgd.privacy.SubsampledGaussian` record per
+piece of constant noise (one for constant noise; ``expert.noise_schedule`` gives several),
+declared to the ledger before fine-tuning starts; the optimiser's ``noise_multiplier`` is
+set before every step from the same per-step list.
 
 The alignment loss then uses only the expert and the pool, so it costs no extra privacy:
 for each distilled image, KL(expert's mean soft prediction on same-class pool images ||
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -69,7 +71,7 @@ def train_expert(
     pool_images: torch.Tensor,
     pool_labels: torch.Tensor,
     dataset: ImageDataset,
-    noise_multiplier: float | None,
+    noise_multiplier: float | Sequence[float] | None,
     seed: int,
     device: torch.device,
     progress: bool = True,
@@ -77,8 +79,16 @@ def train_expert(
     """Pre-train on the pool, then DP-SGD fine-tune on ``dataset`` (no noise if multiplier is None).
 
     ``noise_multiplier`` None means a deliberately non-private run (``epsilon=inf``):
-    gradients are still clipped, but no noise is added.
+    gradients are still clipped, but no noise is added. A sequence gives the sigma of
+    every step (a noise schedule; its length must be ``expert_cfg.steps``).
     """
+    steps = int(expert_cfg.steps)
+    if noise_multiplier is None or isinstance(noise_multiplier, (int, float)):
+        sigmas = [float(noise_multiplier or 0.0)] * steps
+    else:
+        sigmas = [float(v) for v in noise_multiplier]
+        if len(sigmas) != steps:
+            raise ConfigError(f"the expert's noise schedule has {len(sigmas)} entries for expert.steps={steps}")
     started = time.perf_counter()
     model = seeded_model(
         model_cfg, dataset.channels, dataset.num_classes, dataset.image_size, derive_seed(seed, "expert", "init")
@@ -97,12 +107,11 @@ def train_expert(
     module = GradSampleModule(model.to(device))
     optimizer = DPOptimizer(
         torch.optim.SGD(module.parameters(), lr=float(expert_cfg.lr), momentum=0.9),
-        noise_multiplier=float(noise_multiplier or 0.0),
+        noise_multiplier=sigmas[0] if sigmas else 0.0,
         max_grad_norm=float(expert_cfg.clip_norm),
         expected_batch_size=max(1, round(sample_rate * len(private))),
         generator=stage_generator(seed, "expert", "noise", device=device),
     )
-    steps = int(expert_cfg.steps)
     done = 0
     bar = tqdm(total=steps, desc="expert DP-SGD", disable=not progress, leave=False)
     while done < steps:
@@ -117,6 +126,7 @@ def train_expert(
             else:  # an empty Poisson batch still releases noise: take the (noise-only) step
                 for parameter in module.parameters():
                     parameter.grad_sample = torch.zeros((0, *parameter.shape), device=device)
+            optimizer.noise_multiplier = sigmas[done]  # opacus reads it at every step
             optimizer.step()
             done += 1
             bar.update(1)
@@ -127,7 +137,8 @@ def train_expert(
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     info = {"seconds": time.perf_counter() - started, "steps": float(done)}
-    log.info("expert: %d DP-SGD steps at q=%.4f, noise multiplier %s", done, sample_rate, noise_multiplier)
+    log.info("expert: %d DP-SGD steps at q=%.4f, noise multiplier %s -> %s", done, sample_rate,
+             sigmas[0] if sigmas else None, sigmas[-1] if sigmas else None)
     return Expert(model, info)
 
 

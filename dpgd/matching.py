@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -154,6 +154,31 @@ def class_means(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
     return sums / counts[:, None]
 
 
+NoiseSpec = Union[float, Sequence[float], Callable[[int], float], None]
+
+
+def noise_schedule_fn(noise_multiplier: NoiseSpec, iterations: int) -> Callable[[int], float] | None:
+    """Per-iteration sigma from a float (constant), a per-iteration list, or a callable."""
+    if noise_multiplier is None:
+        return None
+    if callable(noise_multiplier):
+        return noise_multiplier
+    if isinstance(noise_multiplier, (int, float)):
+        if noise_multiplier <= 0:
+            raise ConfigError("matcher=dp_feature needs a positive noise multiplier from the budget plan.")
+        value = float(noise_multiplier)
+        return lambda iteration: value
+    values = [float(v) for v in noise_multiplier]
+    if len(values) != iterations:
+        raise ConfigError(
+            f"the noise schedule has {len(values)} entries but matcher.iterations={iterations}; "
+            "the ledger would not match what runs"
+        )
+    if any(not (v > 0) for v in values):
+        raise ConfigError("matcher=dp_feature needs positive noise multipliers at every iteration.")
+    return values.__getitem__
+
+
 @dataclass
 class MatchingStats:
     iterations: int
@@ -187,7 +212,7 @@ def match(
     dataset: ImageDataset,
     matcher_cfg: MatcherConfig,
     extractors: ExtractorSource,
-    noise_multiplier: float | None,
+    noise_multiplier: NoiseSpec,
     generator: torch.Generator,
     noise_generator: torch.Generator,
     device: torch.device,
@@ -198,8 +223,10 @@ def match(
 ) -> tuple[torch.Tensor, MatchingStats]:
     """Optimise the synthetic ``images`` (normalised, labels ``labels``) by feature matching.
 
-    ``noise_multiplier`` comes from the run's noise plan for ``dp_feature`` and must be
-    ``None`` for ``dm``. With multi-formation ``factor`` > 1 the stored images are unpacked
+    ``noise_multiplier`` comes from the run's noise plan for ``dp_feature`` (a float for
+    constant noise, or one sigma per iteration as a list or a callable ``iteration ->
+    sigma``) and must be ``None`` for ``dm``. The sigma of each iteration is reported to
+    ``on_iteration`` under ``"sigma"``. With multi-formation ``factor`` > 1 the stored images are unpacked
     (differentiably) before embedding. ``extra_loss(images, labels)`` (the expert
     alignment) is added to the matching loss; it must use no private data. Returns the
     optimised stored images (detached, on CPU) and statistics.
@@ -208,8 +235,9 @@ def match(
 
     name = matcher_cfg.name
     if name == "dp_feature":
-        if noise_multiplier is None or noise_multiplier <= 0:
+        if noise_multiplier is None:
             raise ConfigError("matcher=dp_feature needs a positive noise multiplier from the budget plan.")
+        sigma_at = noise_schedule_fn(noise_multiplier, matcher_cfg.iterations)
         batches = poisson_batches(dataset.train_labels, matcher_cfg.sample_rate, generator)
         expected = matcher_cfg.sample_rate * dataset.class_counts().to(device=device, dtype=torch.float32)
     elif name == "dm":
@@ -242,8 +270,11 @@ def match(
             real_in = dsa.apply(real, params) if dsa is not None else real
             real_emb = net.embed(real_in) if len(index) else torch.zeros(0, net.feature_dim, device=device)
             if name == "dp_feature":
+                sigma = float(sigma_at(iteration))
+                if not (sigma > 0):
+                    raise ConfigError(f"noise multiplier {sigma!r} at iteration {iteration}: must be > 0.")
                 noisy_sums = release_noisy_class_sums(
-                    real_emb, real_labels, num_classes, matcher_cfg.clip_norm, noise_multiplier, noise_generator
+                    real_emb, real_labels, num_classes, matcher_cfg.clip_norm, sigma, noise_generator
                 )
                 target = noisy_sums / expected[:, None].clamp(min=1e-12)
             else:
@@ -257,6 +288,8 @@ def match(
             syn_emb = clip_rows(syn_emb, matcher_cfg.clip_norm)
         loss = ((class_means(syn_emb, syn_full_labels, num_classes) - target) ** 2).sum()
         metrics = {"match_loss": float(loss.detach())}
+        if name == "dp_feature":
+            metrics["sigma"] = sigma
         if extra_loss is not None:
             aligned = extra_loss(syn_full, syn_full_labels)
             metrics["align_loss"] = float(aligned.detach())

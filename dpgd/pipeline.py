@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
-from dpgd.expert import ExpertAlignment, expert_mechanisms, pool_accuracy, train_expert
+from dpgd.expert import ExpertAlignment, pool_accuracy, train_expert
 from dpgd.generators import generate_pool, pool_report
 from dpgd.initialisation import POOL_INITS, DistilledSet, check_init, initialise, initialise_from_pool
 from dpgd.matching import PoolTrainedExtractors, RandomExtractors, match
@@ -111,12 +111,15 @@ def build_alignment(
     device: torch.device, progress: bool, metrics: dict[str, Any] | None, tracker: Tracker,
 ) -> ExpertAlignment:
     """Train the DP expert (declaring its DP-SGD to the ledger first) and build the loss."""
-    noise_multiplier = planned_multiplier(plan, "expert")
+    noise_multiplier = None
     if plan is not None:
-        if noise_multiplier is None:
+        if "expert" not in plan.multipliers:
             raise ConfigError("expert=dp_sgd fine-tunes on private data but has no budget; set budget.expert > 0.")
-        for mechanism in expert_mechanisms(cfg.expert, noise_multiplier):
+        # The planned records (one per piece of the noise schedule) and the per-step sigmas
+        # the fine-tuning runs with: both come from the same plan records.
+        for mechanism in plan.mechanisms_for("expert"):
             ledger.declare(mechanism)
+        noise_multiplier = plan.schedule_for("expert")
     expert = train_expert(cfg.expert, cfg.model, pool.images, pool.labels, dataset, noise_multiplier,
                           cfg.seed, device, progress)
     if metrics is not None:
@@ -150,9 +153,12 @@ def run_matching(
             )
         for mechanism in plan.mechanisms_for("matcher"):
             ledger.declare(mechanism)
-        noise_multiplier = plan.for_component("matcher")
-        log.info("matcher: noise multiplier %.4f for %d iterations at q=%.4f",
-                 noise_multiplier, cfg.matcher.iterations, cfg.matcher.sample_rate)
+        # One sigma per iteration, built from the same records the ledger holds.
+        noise_multiplier = plan.schedule_for("matcher")
+        pieces = plan.pieces_for("matcher")
+        log.info("matcher: noise multiplier %.4f -> %.4f (%d pieces) for %d iterations at q=%.4f",
+                 noise_multiplier[0], noise_multiplier[-1], len(pieces), cfg.matcher.iterations,
+                 cfg.matcher.sample_rate)
     pick = stage_generator(cfg.seed, "match", "extractors")
     if cfg.matcher.extractors == "pool_trained":
         if pool is None:

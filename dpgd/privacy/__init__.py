@@ -9,13 +9,15 @@ quantity when one record is added or removed.
 Layout: :mod:`.mechanisms` (immutable records of what was released), :mod:`.analysis`
 (pure functions: epsilon of a record list, on fresh opacus accountants), :mod:`.ledger`
 (the record list a run executed, and its report), :mod:`.planner` (noise multipliers for
-a total budget split across components).
+a total budget split across components), :mod:`.schedules` (relative noise schedules
+across iterations, stored as constant pieces).
 """
 
 from dpgd.privacy.analysis import AccountingError, compose_epsilon, default_eps_error, rdp_epsilon
 from dpgd.privacy.ledger import ADJACENCY, PrivacyLedger, PrivacyReport
 from dpgd.privacy.mechanisms import SubsampledGaussian
 from dpgd.privacy.planner import ComponentRequest, NoisePlan, check_delta, plan_budget
+from dpgd.privacy.schedules import SCHEDULE_KINDS, relative_schedule, schedule_from_config
 
 __all__ = [
     "ADJACENCY",
@@ -24,10 +26,13 @@ __all__ = [
     "NoisePlan",
     "PrivacyLedger",
     "PrivacyReport",
+    "SCHEDULE_KINDS",
     "SubsampledGaussian",
     "check_delta",
     "compose_epsilon",
     "default_eps_error",
     "plan_budget",
     "rdp_epsilon",
+    "relative_schedule",
+    "schedule_from_config",
 ]

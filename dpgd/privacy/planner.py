@@ -9,6 +9,14 @@ so ``s`` (usually > 1) is found by search such that the COMPOSED PRV epsilon of 
 mechanisms lies in ``[epsilon * (1 - rel_tol), epsilon]`` -- never above. The shares thus
 fix the ratios of the per-component epsilons, and the whole budget is used.
 
+Noise schedules. A request may carry a relative schedule, ``(relative_multiplier, steps)``
+pieces run in order (default: one piece ``(1.0, steps)``). Its pieces' noise multipliers
+are ``sigma_c * relative_multiplier`` and the per-component search solves for the scale
+``sigma_c`` (so ``multipliers[name]`` is the scale: the sigma of relative multiplier 1.0,
+the last piece of a decreasing schedule). Each piece is one SubsampledGaussian record:
+:meth:`NoisePlan.mechanisms_for` gives them, :meth:`NoisePlan.schedule_for` the per-step
+sigmas. :meth:`NoisePlan.for_component` refuses a component with more than one piece.
+
 Components with fraction 0 get no mechanism: they must not run a DP mechanism at all
 (:meth:`NoisePlan.for_component` refuses them). A share that cannot be met without a
 noise multiplier above ``SIGMA_MAX`` raises :class:`BudgetError`; sigma is never capped
@@ -31,6 +39,7 @@ from scipy.optimize import brentq
 from dpgd.errors import BudgetError, ConfigError
 from dpgd.privacy import analysis
 from dpgd.privacy.mechanisms import SubsampledGaussian
+from dpgd.privacy.schedules import Pieces, expand, validate_pieces
 
 __all__ = ["ComponentRequest", "NoisePlan", "plan_budget", "check_delta", "SIGMA_MAX", "EPSILON_MAX"]
 
@@ -53,6 +62,15 @@ class ComponentRequest:
     sample_rate: float
     steps: int
     sensitivity: str
+    # Relative noise schedule: (relative_multiplier, steps) pieces summing to ``steps``;
+    # None = constant (one piece (1.0, steps)).
+    schedule: Pieces | None = None
+
+    @property
+    def pieces(self) -> Pieces:
+        if self.schedule is None:
+            return ((1.0, int(self.steps)),)
+        return tuple((float(v), int(n)) for v, n in self.schedule)
 
 
 @dataclass(frozen=True)
@@ -69,9 +87,22 @@ class NoisePlan:
     skipped: tuple[str, ...] = field(default=())  # fraction-0 components: no DP mechanism
 
     def for_component(self, name: str) -> float:
-        """Noise multiplier of a planned component (refuses fraction-0 components)."""
+        """Noise multiplier of a planned constant-noise component (refuses fraction-0
+        components and scheduled ones: use :meth:`schedule_for` for those)."""
+        self._check(name)
+        if len(self._records(name)) > 1:
+            raise ConfigError(
+                f"component '{name}' runs a noise schedule ({len(self._records(name))} pieces); "
+                "use NoisePlan.schedule_for / mechanisms_for"
+            )
+        return self.multipliers[name]
+
+    def _records(self, name: str) -> tuple[SubsampledGaussian, ...]:
+        return tuple(m for m in self.mechanisms if m.component == name)
+
+    def _check(self, name: str) -> None:
         if name in self.multipliers:
-            return self.multipliers[name]
+            return
         if name in self.skipped:
             raise ConfigError(
                 f"component '{name}' has budget share 0 and must not run a DP mechanism; "
@@ -81,8 +112,16 @@ class NoisePlan:
 
     def mechanisms_for(self, name: str) -> tuple[SubsampledGaussian, ...]:
         """The records a component must declare to the ledger when it runs as planned."""
-        self.for_component(name)  # same refusal for fraction-0 or unknown components
-        return tuple(m for m in self.mechanisms if m.component == name)
+        self._check(name)  # same refusal for fraction-0 or unknown components
+        return self._records(name)
+
+    def pieces_for(self, name: str) -> tuple[tuple[float, int], ...]:
+        """``(noise_multiplier, steps)`` pieces of a component, in the order they run."""
+        return tuple((m.noise_multiplier, m.steps) for m in self.mechanisms_for(name))
+
+    def schedule_for(self, name: str) -> list[float]:
+        """The noise multiplier of every step of a component (length = its steps)."""
+        return expand(self.pieces_for(name))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +192,7 @@ def _validate(epsilon: float, delta: float, requests: Sequence[ComponentRequest]
             )
         # Constructing the record checks sample_rate and sensitivity, naming the component.
         SubsampledGaussian(r.name, 1.0, r.sample_rate, r.steps, r.sensitivity)
+        validate_pieces(r.name, r.pieces, r.steps)
 
 
 # --- one-dimensional search ----------------------------------------------------------
@@ -246,17 +286,25 @@ class _Component:
         share = request.fraction * epsilon
         self.eps_error = min(max(_COARSE_REL * share, analysis.EPS_ERROR_MIN), analysis.EPS_ERROR_MAX)
         # Components with equal (q, steps, eps_error) have the same curve: share the work.
-        key = (request.sample_rate, request.steps, self.eps_error)
+        self.pieces = request.pieces
+        key = (request.sample_rate, request.steps, self.eps_error, self.pieces)
         self._cache, self._calibrated = shared.setdefault(key, ({}, {}))  # sigma -> log est; target -> sigma
+        rel = [v for v, _ in self.pieces]
+        self.rel_max, self.rel_min = max(rel), min(rel)
+        # Closed-form guesses: for large sigma a subsampled Gaussian's mu ~ q sqrt(T)/sigma, so
+        # a schedule acts like a constant sigma_eq = scale / sqrt(mean over steps of r^-2).
+        self.equivalent = math.sqrt(sum(n / v**2 for v, n in self.pieces) / request.steps)
 
-    def mechanism(self, sigma: float) -> SubsampledGaussian:
+    def mechanisms(self, scale: float) -> tuple[SubsampledGaussian, ...]:
         r = self.request
-        return SubsampledGaussian(r.name, sigma, r.sample_rate, r.steps, r.sensitivity)
+        return tuple(
+            SubsampledGaussian(r.name, scale * value, r.sample_rate, n, r.sensitivity) for value, n in self.pieces
+        )
 
     def log_estimate(self, sigma: float) -> float:
         if sigma not in self._cache:
             try:
-                est = analysis.prv_estimate([self.mechanism(sigma)], self.delta, self.eps_error)
+                est = analysis.prv_estimate(list(self.mechanisms(sigma)), self.delta, self.eps_error)
                 y = math.log(est) if est > 0 else -math.inf
             except analysis.AccountingError:
                 y = math.inf  # only tiny sigma (huge epsilon) makes the grid explode
@@ -275,7 +323,7 @@ class _Component:
             (x0, y0), (x1, y1) = (pts[-2], pts[-1]) if lower else (pts[0], pts[1])
         else:
             r = self.request
-            return analysis.clt_sigma(analysis.gaussian_mu(target, self.delta), r.sample_rate, r.steps)
+            return analysis.clt_sigma(analysis.gaussian_mu(target, self.delta), r.sample_rate, r.steps) * self.equivalent
         if y1 <= y0 or x1 == x0:
             return math.exp(-x0)
         return math.exp(-(x0 + (y_t - y0) * (x1 - x0) / (y1 - y0)))
@@ -288,19 +336,19 @@ class _Component:
         if r.sample_rate >= 1:
             # Exact for q = 1 (composition of Gaussians is mu-GDP): refuse without PRV.
             needed = analysis.clt_sigma(analysis.gaussian_mu(target * (1 - self.tol), self.delta), 1.0, r.steps)
-            if needed > SIGMA_MAX * 1.01:
+            if needed * self.equivalent * self.rel_max > SIGMA_MAX * 1.01:
                 raise _Infeasible(self, target)
         guess = self._guess(target)
         if not math.isfinite(guess) or guess <= 0:
-            guess = SIGMA_MAX
+            guess = SIGMA_MAX / self.rel_max
         try:
             x, _ = _solve_increasing(
                 lambda x: self.log_estimate(math.exp(-x)),
                 -math.log(guess),
                 math.log(target * (1 - self.tol)),
                 math.log(target * (1 + self.tol)),
-                -math.log(SIGMA_MAX),
-                -math.log(SIGMA_MIN),
+                -math.log(SIGMA_MAX / self.rel_max),
+                -math.log(SIGMA_MIN / self.rel_min),
             )
         except _OutOfRange as exc:
             if exc.side == "low":
@@ -375,7 +423,9 @@ def plan_budget(
     def log_composed(log_s: float) -> float:
         s = math.exp(log_s)
         try:
-            mechs = tuple(c.mechanism(c.sigma_for(s * c.request.fraction * epsilon)) for c in components)
+            mechs = tuple(
+                m for c in components for m in c.mechanisms(c.sigma_for(s * c.request.fraction * epsilon))
+            )
         except _Infeasible as exc:
             last_infeasible.append(exc)
             return -math.inf  # a target too small to reach: raise s
@@ -398,7 +448,7 @@ def plan_budget(
         ) from None
     mechs, eps = results[log_s]
     return NoisePlan(
-        multipliers={m.component: m.noise_multiplier for m in mechs},
+        multipliers={c.request.name: c.sigma_for(math.exp(log_s) * c.request.fraction * epsilon) for c in components},
         mechanisms=mechs,
         epsilon=eps,
         epsilon_target=epsilon,
