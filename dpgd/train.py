@@ -30,7 +30,7 @@ from dpgd.errors import DpgdError
 from dpgd.evaluation import evaluate_distilled
 from dpgd.initialisation import DistilledSet
 from dpgd.matching import PUBLIC_ASSUMPTIONS
-from dpgd.mia.stage import run_attack
+from dpgd.mia.stage import check_mia, check_mia_settings, run_attack
 from dpgd.pipeline import StageTimer, distill
 from dpgd.privacy import PrivacyLedger
 from dpgd.tracking import Tracker, open_tracker
@@ -67,6 +67,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     check_config(cfg)
+    check_mia_settings(cfg)
     device = resolve_device(cfg.device)
     timer = StageTimer()
 
@@ -82,6 +83,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
         with timer.stage("data"):
             dataset = load_dataset(cfg.dataset, seed=cfg.seed)
             check_data(cfg, dataset)
+            check_mia(cfg, dataset)
         log.info(
             "data set %s: %d train / %d test images, %d classes, %s x %s",
             dataset.name, dataset.num_train, len(dataset.test_labels), dataset.num_classes,
@@ -180,8 +182,7 @@ def write_artifacts(
         "privacy/epsilon": privacy["epsilon"],
         "privacy/epsilon_rdp": privacy["epsilon_rdp"],
     })
-    if "mia" in results:
-        tracker.summary({"mia/auc": results["mia"]["auc"], "mia/tpr_at_0.1pct_fpr": results["mia"]["tpr_at_0.1pct_fpr"]})
+
     if cfg.logger.get("log_artifact", False):
         tracker.log_file_artifact(f"distilled-{dataset.name}", "distilled-set", output_dir / artifacts.DISTILLED_FILE)
     log.info("test accuracy %.2f +- %.2f %% | epsilon %s | artifacts in %s",
