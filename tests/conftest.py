@@ -41,3 +41,24 @@ def compose(tmp_path):
             return hydra_compose(config_name="train", overrides=list(overrides))
 
     return _compose
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Many small ops: one intra-op thread is about as fast on an idle machine and ~10x
+    faster on a busy one, where OpenMP threads wait on each other. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits data set, loaded once."""
+    from dpgd.config import DatasetConfig
+    from dpgd.data import load_dataset
+
+    return load_dataset(DatasetConfig(name="digits"))

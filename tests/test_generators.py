@@ -21,20 +21,12 @@ from dpgd.privacy import PrivacyLedger, SubsampledGaussian
 
 CPU = torch.device("cpu")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Many tiny ops: one thread is about as fast on an idle machine and 10x faster on a
-    busy one, where OpenMP threads wait on each other. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset(DatasetConfig(name="digits"))
+
+
+
 
 
 @pytest.fixture(scope="module")

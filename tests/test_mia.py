@@ -22,6 +22,8 @@ from dpgd.tracking import Tracker
 LIRA = ["logger=none", "mia=lira", "mia.num_shadow=8", "mia.population=200", "mia.epochs=100"]
 HEADLINE = {"auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "balanced_accuracy"}
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 class RecordingTracker(Tracker):
     def __init__(self) -> None:
@@ -40,21 +42,8 @@ class RecordingTracker(Tracker):
         self.calls += [("summary", key) for key in values]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Attack models are tiny: on shared cores a second intra-op thread made runs ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def digits():
-    from dpgd.config import DatasetConfig
-    from dpgd.data import load_dataset
-
-    return load_dataset(DatasetConfig(name="digits"))
 
 
 @pytest.fixture(scope="module")
