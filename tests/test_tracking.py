@@ -14,7 +14,7 @@ import pytest
 import dpgd.train as train
 from wandb_records import run_contents
 
-TINY = ["matcher.iterations=10", "evaluation.epochs=10", "evaluation.runs=1"]
+TINY = ["experiment=ndpdc", "matcher.iterations=10", "evaluation.epochs=10", "evaluation.runs=1"]
 REPO = Path(__file__).resolve().parents[1]
 
 
