@@ -34,12 +34,10 @@ from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.evaluation import test_accuracy, train_classifier
 from dpgd.models import seeded_model
-from dpgd.privacy import SubsampledGaussian
 from dpgd.seeding import derive_seed, stage_generator
 
 log = logging.getLogger(__name__)
 
-EXPERT_COMPONENT = "expert"
 EXPERT_SENSITIVITY = "per-sample gradient clipped to clip_norm (opacus DPOptimizer)"
 
 
@@ -140,12 +138,6 @@ def train_expert(
     log.info("expert: %d DP-SGD steps at q=%.4f, noise multiplier %s -> %s", done, sample_rate,
              sigmas[0] if sigmas else None, sigmas[-1] if sigmas else None)
     return Expert(model, info)
-
-
-def expert_mechanisms(expert_cfg: Any, noise_multiplier: float) -> tuple[SubsampledGaussian, ...]:
-    need = privacy_request(expert_cfg)
-    assert need is not None
-    return (SubsampledGaussian(EXPERT_COMPONENT, noise_multiplier, need.sample_rate, need.steps, need.sensitivity),)
 
 
 def pool_accuracy(expert: Expert, dataset: ImageDataset) -> float:
