@@ -18,6 +18,7 @@ matching loss live in the same space (a deterministic map, no privacy cost).
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence, Union
 
@@ -231,8 +232,6 @@ def match(
     alignment) is added to the matching loss; it must use no private data. Returns the
     optimised stored images (detached, on CPU) and statistics.
     """
-    import time
-
     name = matcher_cfg.name
     if name == "dp_feature":
         if noise_multiplier is None:
