@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from dpgd.privacy import PrivacyLedger, SubsampledGaussian
-from dpgd.results import LEDGER_FILE, RESULTS_FILE, read_results
+from dpgd.results import DISTILLED_FILE, LEDGER_FILE, RESULTS_FILE, load_distilled, read_results
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,24 @@ def find_runs(folder: Path) -> list[RunRecord]:
     return [RunRecord(path.parent, read_results(path)) for path in sorted(Path(folder).rglob(RESULTS_FILE))]
 
 
-def aggregate(runs: Iterable[RunRecord]) -> list[Row]:
-    """One row per (data set, method, epsilon, ipc): mean and std over seeds of the run means.
+def finished_results(folder: Path, resolved_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The results of a finished run in ``folder`` made with exactly ``resolved_config``, else None.
 
+    Lets the comparison scripts resume: a run is reused only if its released set was made
+    with the same resolved config, so changing a setting (or the code's defaults) reruns it.
+    """
+    folder = Path(folder)
+    if not (folder / RESULTS_FILE).exists() or not (folder / DISTILLED_FILE).exists():
+        return None
+    if load_distilled(folder).config != resolved_config:
+        return None
+    return read_results(folder)
+
+
+def aggregate(runs: Iterable[RunRecord]) -> list[Row]:
+    """One row per (data set, method, epsilon, ipc): mean and sample std over seeds of the run means.
+
+    The sample (n-1) std, so a margin "larger than the std" over 3 seeds is not flattered.
     A single run's std is the std over its own evaluation models.
     """
     groups: dict[tuple[str, str, float, int], list[RunRecord]] = {}
@@ -62,7 +77,7 @@ def aggregate(runs: Iterable[RunRecord]) -> list[Row]:
     rows = []
     for (dataset, method, epsilon, ipc), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
         means = [float(m.results["test_acc_mean"]) for m in members]
-        std = statistics.pstdev(means) if len(means) > 1 else float(members[0].results.get("test_acc_std", 0.0))
+        std = statistics.stdev(means) if len(means) > 1 else float(members[0].results.get("test_acc_std", 0.0))
         spent = max(float(m.results["privacy"]["epsilon"]) for m in members)
         rows.append(Row(dataset, method, epsilon, ipc, len(members), statistics.fmean(means), std, spent))
     return rows

@@ -7,6 +7,10 @@ Runs every (method, epsilon, seed) in this process with the packaged configs, pr
 markdown table of test accuracy (mean +- std over seeds) and epsilon spent per method, and
 writes it (with every run's numbers) as JSON and markdown into --out. Nothing is selected
 on the test set: each method runs with its preset's settings.
+
+Resumable: a run whose folder already holds results made with the same resolved config is
+read back, not rerun. So several processes can split the work (e.g. one per epsilon, with
+the same --out) and a last call with everything prints the whole table.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from dpgd.config import register_configs
-from dpgd.report import RunRecord, aggregate, markdown_table
+from dpgd.report import RunRecord, aggregate, finished_results, markdown_table
 from dpgd.train import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,24 +60,29 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     records: list[RunRecord] = []
     runs_json = []
-    for method in args.methods:
-        epsilons = [float("inf")] if method in NON_PRIVATE else args.epsilons
-        for epsilon in epsilons:
-            for seed in args.seeds:
+    # Seed-major, so a run cut short still has every method at its first seeds.
+    for seed in args.seeds:
+        for method in args.methods:
+            epsilons = [float("inf")] if method in NON_PRIVATE else args.epsilons
+            for epsilon in epsilons:
                 overrides = [*dataset, *METHODS[method], f"epsilon={epsilon}", f"ipc={args.ipc}", f"seed={seed}",
                              "logger=none", f"method={method}", *args.set]
                 with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
                     cfg = compose(config_name="train", overrides=overrides)
                 folder = args.out / f"{method}_eps{epsilon:g}_seed{seed}"
+                results = finished_results(folder, OmegaConf.to_container(cfg, resolve=True))
+                reused = results is not None
                 started = time.perf_counter()
-                result = run(cfg, folder)
-                seconds = time.perf_counter() - started
-                records.append(RunRecord(folder, result.results))
+                if results is None:
+                    results = run(cfg, folder).results
+                seconds = time.perf_counter() - started if not reused else sum(results["timings_s"].values())
+                records.append(RunRecord(folder, results))
                 runs_json.append({"method": method, "epsilon_target": epsilon, "seed": seed, "seconds": seconds,
-                                  "test_acc_mean": result.test_acc_mean,
-                                  "epsilon_spent": result.results["privacy"]["epsilon"]})
-                print(f"{method:18s} eps={epsilon:<5g} seed={seed}: {result.test_acc_mean:6.2f} % "
-                      f"(eps spent {result.results['privacy']['epsilon']:.3g}, {seconds:.0f} s)", flush=True)
+                                  "test_acc_mean": results["test_acc_mean"], "epsilon_spent": results["privacy"]["epsilon"],
+                                  "timings_s": results["timings_s"], "stages": results.get("stages", {})})
+                print(f"{method:18s} eps={epsilon:<5g} seed={seed}: {results['test_acc_mean']:6.2f} % "
+                      f"(eps spent {results['privacy']['epsilon']:.3g}, {seconds:.0f} s{', reused' if reused else ''})",
+                      flush=True)
     rows = aggregate(records)
     table = markdown_table(rows)
     print("\n" + table)
