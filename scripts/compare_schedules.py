@@ -1,13 +1,14 @@
 """Compare noise schedules for DP feature matching (constant vs decaying sigma).
 
     python scripts/compare_schedules.py --epsilon 1 --ipc 10 --seeds 0 1 2
-    python scripts/compare_schedules.py --kinds constant exponential step --set evaluation.epochs=100
+    python scripts/compare_schedules.py --dataset cifar10-mini --kinds constant exponential step
 
 Every (schedule, seed) runs ``dpgd.train.run`` in this process with the same preset
 (default ``experiment=ndpdc`` on digits: the whole budget on matching, so the schedule is
 the only difference) and the same total (epsilon, delta). Prints a markdown table of test
 accuracy (mean +- std over seeds), the composed epsilon and the first/last sigma, and writes
-it with every run's numbers into --out. Nothing is selected on the test set.
+it with every run's numbers into --out. Nothing is selected on the test set. Resumable like
+``compare_methods.py``: a finished run made with the same resolved config is read back.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ import statistics
 import time
 from pathlib import Path
 
+from compare_methods import DATASETS
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from dpgd.config import register_configs
+from dpgd.report import finished_results
 from dpgd.train import run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASETS)} or a folder (imagefolder)")
     parser.add_argument("--epsilon", type=float, default=1.0)
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -39,36 +44,41 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     register_configs()
+    dataset = DATASETS.get(args.dataset, ["dataset=imagefolder", f"dataset.root={args.dataset}"])
     args.out.mkdir(parents=True, exist_ok=True)
     rows, runs = [], []
     for kind in args.kinds:
         accs, eps, seconds = [], [], []
         sigmas = (float("nan"), float("nan"))
         for seed in args.seeds:
-            overrides = [f"experiment={args.experiment}", "logger=none", f"epsilon={args.epsilon}", f"ipc={args.ipc}",
+            overrides = [*dataset, f"experiment={args.experiment}", "logger=none", f"epsilon={args.epsilon}", f"ipc={args.ipc}",
                          f"seed={seed}", f"matcher.noise_schedule.kind={kind}",
                          f"matcher.noise_schedule.ratio={args.ratio}", *args.set]
             with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
                 cfg = compose(config_name="train", overrides=overrides)
+            folder = args.out / f"{kind}_seed{seed}"
+            results = finished_results(folder, OmegaConf.to_container(cfg, resolve=True))
+            reused = results is not None
             started = time.perf_counter()
-            result = run(cfg, args.out / f"{kind}_seed{seed}")
-            seconds.append(time.perf_counter() - started)
-            privacy = result.results["privacy"]
+            if results is None:
+                results = run(cfg, folder).results
+            seconds.append(sum(results["timings_s"].values()) if reused else time.perf_counter() - started)
+            privacy = results["privacy"]
             matcher = [m for m in privacy["mechanisms"] if m["component"] == "matcher"]
             sigmas = (matcher[0]["noise_multiplier"], matcher[-1]["noise_multiplier"])
-            accs.append(result.test_acc_mean)
+            accs.append(float(results["test_acc_mean"]))
             eps.append(privacy["epsilon"])
-            runs.append({"kind": kind, "seed": seed, "test_acc_mean": result.test_acc_mean,
+            runs.append({"kind": kind, "seed": seed, "test_acc_mean": results["test_acc_mean"],
                          "epsilon": privacy["epsilon"], "matcher_records": len(matcher),
                          "sigma_first": sigmas[0], "sigma_last": sigmas[1], "seconds": seconds[-1],
                          "overrides": overrides})
-            print(f"{kind} seed {seed}: {result.test_acc_mean:.2f}% at epsilon {privacy['epsilon']:.3f} "
-                  f"({seconds[-1]:.0f} s)", flush=True)
+            print(f"{kind} seed {seed}: {results['test_acc_mean']:.2f}% at epsilon {privacy['epsilon']:.3f} "
+                  f"({seconds[-1]:.0f} s{', reused' if reused else ''})", flush=True)
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         rows.append(f"| {kind} | {sigmas[0]:.2f} -> {sigmas[1]:.2f} | {max(eps):.3f} | "
                     f"{statistics.mean(accs):.2f} +- {std:.2f} | {statistics.mean(seconds):.0f} |")
     table = "\n".join([
-        f"epsilon={args.epsilon:g}, IPC {args.ipc}, experiment={args.experiment}, seeds {args.seeds}, "
+        f"{args.dataset}, epsilon={args.epsilon:g}, IPC {args.ipc}, experiment={args.experiment}, seeds {args.seeds}, "
         f"ratio {args.ratio:g}; extra: {' '.join(args.set) or '-'}",
         "",
         "| schedule | matcher sigma first -> last | epsilon (max over seeds) | test acc % (mean +- std over seeds) | s / run |",
