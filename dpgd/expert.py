@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -48,13 +49,28 @@ class ExpertNeed:
     sensitivity: str = EXPERT_SENSITIVITY
 
 
+FINETUNE_CHOICES = ("all", "head")
+
+
 def privacy_request(expert_cfg: Any) -> ExpertNeed | None:
     """What the expert's fine-tuning will release; None when the stage is off."""
     if expert_cfg.name == "none":
         return None
     if expert_cfg.name != "dp_sgd":
         raise ConfigError(f"expert={expert_cfg.name} is unknown; choose dp_sgd or none.")
+    if expert_cfg.finetune not in FINETUNE_CHOICES:
+        raise ConfigError(f"expert.finetune={expert_cfg.finetune} is unknown; choose all or head.")
     return ExpertNeed(float(expert_cfg.sample_rate), int(expert_cfg.steps))
+
+
+def trainable_for_finetuning(model: nn.Module, finetune: str) -> list[nn.Parameter]:
+    """The parameters DP-SGD updates; with ``head`` every other one is frozen."""
+    if finetune == "head":
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in model.classifier.parameters():
+            parameter.requires_grad_(True)
+    return [parameter for parameter in model.parameters() if parameter.requires_grad]
 
 
 @dataclass
@@ -99,12 +115,13 @@ def train_expert(
             desc="expert pretrain",
         )
     model.train()
+    trainable = trainable_for_finetuning(model, str(expert_cfg.finetune))
     private = TensorDataset(dataset.train_images, dataset.train_labels)
     sample_rate = float(expert_cfg.sample_rate)
     loader = DPDataLoader(private, sample_rate=sample_rate, generator=stage_generator(seed, "expert", "sampling"))
     module = GradSampleModule(model.to(device))
     optimizer = DPOptimizer(
-        torch.optim.SGD(module.parameters(), lr=float(expert_cfg.lr), momentum=0.9),
+        torch.optim.SGD(trainable, lr=float(expert_cfg.lr), momentum=0.9),
         noise_multiplier=sigmas[0] if sigmas else 0.0,
         max_grad_norm=float(expert_cfg.clip_norm),
         expected_batch_size=max(1, round(sample_rate * len(private))),
@@ -120,9 +137,13 @@ def train_expert(
             optimizer.zero_grad(set_to_none=True)
             if len(labels):
                 loss = F.cross_entropy(module(images), labels)
-                loss.backward()
+                with warnings.catch_warnings():
+                    # Frozen features (finetune=head): opacus's hooks see inputs that need no
+                    # gradient, which torch reports once per step; harmless here.
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    loss.backward()
             else:  # an empty Poisson batch still releases noise: take the (noise-only) step
-                for parameter in module.parameters():
+                for parameter in trainable:
                     parameter.grad_sample = torch.zeros((0, *parameter.shape), device=device)
             optimizer.noise_multiplier = sigmas[done]  # opacus reads it at every step
             optimizer.step()
@@ -134,9 +155,10 @@ def train_expert(
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    info = {"seconds": time.perf_counter() - started, "steps": float(done)}
-    log.info("expert: %d DP-SGD steps at q=%.4f, noise multiplier %s -> %s", done, sample_rate,
-             sigmas[0] if sigmas else None, sigmas[-1] if sigmas else None)
+    info = {"seconds": time.perf_counter() - started, "steps": float(done),
+            "trained_weights": float(sum(p.numel() for p in trainable))}
+    log.info("expert: %d DP-SGD steps at q=%.4f on %d weights (%s), noise multiplier %s -> %s", done, sample_rate,
+             info["trained_weights"], expert_cfg.finetune, sigmas[0] if sigmas else None, sigmas[-1] if sigmas else None)
     return Expert(model, info)
 
 

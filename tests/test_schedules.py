@@ -149,3 +149,47 @@ def test_scheduled_run_end_to_end(tmp_path, compose):
     assert privacy["epsilon"] <= 1.0
     ledger = json.loads((result.output_dir / "privacy_ledger.json").read_text())
     assert ledger["mechanisms"] == privacy["mechanisms"]
+
+
+def test_head_finetuning_changes_only_the_classifier_and_still_adds_noise(monkeypatch, one_torch_thread):
+    from omegaconf import OmegaConf
+    from opacus.optimizers import DPOptimizer
+
+    from dpgd.config import DatasetConfig, ExpertConfig, ModelConfig
+    from dpgd.data import load_dataset
+    from dpgd.expert import train_expert
+
+    dataset = load_dataset(DatasetConfig(name="digits", max_train_per_class=20))
+    pool_images, pool_labels = dataset.train_images[:50], dataset.train_labels[:50]
+    model_cfg = OmegaConf.structured(ModelConfig(width=8))
+    noisy_steps = []
+    real_add_noise = DPOptimizer.add_noise
+    monkeypatch.setattr(DPOptimizer, "add_noise", lambda self: (noisy_steps.append(self.noise_multiplier), real_add_noise(self)))
+
+    def expert(finetune: str, steps: int):
+        cfg = OmegaConf.structured(ExpertConfig(name="dp_sgd", pretrain_epochs=1, steps=steps, sample_rate=0.2,
+                                                finetune=finetune))
+        return train_expert(cfg, model_cfg, pool_images, pool_labels, dataset, 2.0, 0, torch.device("cpu"),
+                            progress=False)
+
+    pretrained = expert("head", 0).model.state_dict()
+    head = expert("head", 4)
+    assert noisy_steps == [2.0] * 4
+    assert head.info["trained_weights"] == sum(p.numel() for p in head.model.classifier.parameters())
+    for name, value in head.model.state_dict().items():
+        if name.startswith("classifier."):
+            assert not torch.equal(value, pretrained[name]), name
+        else:
+            assert torch.equal(value, pretrained[name]), name
+    full = expert("all", 4)
+    assert full.info["trained_weights"] == sum(p.numel() for p in full.model.parameters())
+    assert not torch.equal(full.model.state_dict()["features.0.weight"], pretrained["features.0.weight"])
+
+
+def test_unknown_finetune_choice_is_refused_by_the_plan(compose):
+    """The plan is made before any data is read (tested in test_pipeline), so this fails early."""
+    from dpgd.budget import plan_run
+
+    cfg = compose("expert.finetune=last")
+    with pytest.raises(ConfigError, match="expert.finetune=last is unknown"):
+        plan_run(cfg)
