@@ -7,7 +7,8 @@ rate q, per-sample gradients clipped to ``clip_norm``, Gaussian noise of std
 ``steps`` releases at rate q are one :class:`~dpgd.privacy.SubsampledGaussian` record per
 piece of constant noise (one for constant noise; ``expert.noise_schedule`` gives several),
 declared to the ledger before fine-tuning starts; the optimiser's ``noise_multiplier`` is
-set before every step from the same per-step list.
+set before every step from the same per-step list. ``expert.finetune=head`` trains only the
+final linear layer (pool features frozen): far less noise per useful weight on small sets.
 
 The alignment loss then uses only the expert and the pool, so it costs no extra privacy:
 for each distilled image, KL(expert's mean soft prediction on same-class pool images ||

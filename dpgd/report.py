@@ -54,7 +54,8 @@ def finished_results(folder: Path, resolved_config: dict[str, Any]) -> dict[str,
     """The results of a finished run in ``folder`` made with exactly ``resolved_config``, else None.
 
     Lets the comparison scripts resume: a run is reused only if its released set was made
-    with the same resolved config, so changing a setting (or the code's defaults) reruns it.
+    with the same resolved config, so changing a setting or a config default reruns it (a
+    code change that leaves the config alone does not: clear the folder then).
     """
     folder = Path(folder)
     if not (folder / RESULTS_FILE).exists() or not (folder / DISTILLED_FILE).exists():
