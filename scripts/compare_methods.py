@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
@@ -42,6 +43,20 @@ METHODS = {
     "dpgeng_no_expert": ["experiment=dpgeng_no_expert"],
 }
 NON_PRIVATE = {"dm"}
+
+
+def run_or_reuse(overrides: list[str], folder: Path) -> tuple[dict[str, Any], float, bool]:
+    """Compose the packaged config with ``overrides`` and run it into ``folder``, unless the
+    folder already holds a run of exactly that resolved config: (results, seconds, reused).
+    For a reused run, seconds is the sum of its recorded stage timings."""
+    with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    results = finished_results(folder, OmegaConf.to_container(cfg, resolve=True))
+    if results is not None:
+        return results, sum(results["timings_s"].values()), True
+    started = time.perf_counter()
+    results = run(cfg, folder).results
+    return results, time.perf_counter() - started, False
 
 
 def main() -> None:
@@ -67,15 +82,8 @@ def main() -> None:
             for epsilon in epsilons:
                 overrides = [*dataset, *METHODS[method], f"epsilon={epsilon}", f"ipc={args.ipc}", f"seed={seed}",
                              "logger=none", f"method={method}", *args.set]
-                with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
-                    cfg = compose(config_name="train", overrides=overrides)
                 folder = args.out / f"{method}_eps{epsilon:g}_seed{seed}"
-                results = finished_results(folder, OmegaConf.to_container(cfg, resolve=True))
-                reused = results is not None
-                started = time.perf_counter()
-                if results is None:
-                    results = run(cfg, folder).results
-                seconds = time.perf_counter() - started if not reused else sum(results["timings_s"].values())
+                results, seconds, reused = run_or_reuse(overrides, folder)
                 records.append(RunRecord(folder, results))
                 runs_json.append({"method": method, "epsilon_target": epsilon, "seed": seed, "seconds": seconds,
                                   "test_acc_mean": results["test_acc_mean"], "epsilon_spent": results["privacy"]["epsilon"],

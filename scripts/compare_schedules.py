@@ -17,16 +17,11 @@ import argparse
 import json
 import logging
 import statistics
-import time
 from pathlib import Path
 
-from compare_methods import DATASETS
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
+from compare_methods import DATASETS, run_or_reuse
 
 from dpgd.config import register_configs
-from dpgd.report import finished_results
-from dpgd.train import run
 
 
 def main() -> None:
@@ -54,15 +49,8 @@ def main() -> None:
             overrides = [*dataset, f"experiment={args.experiment}", "logger=none", f"epsilon={args.epsilon}", f"ipc={args.ipc}",
                          f"seed={seed}", f"matcher.noise_schedule.kind={kind}",
                          f"matcher.noise_schedule.ratio={args.ratio}", *args.set]
-            with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
-                cfg = compose(config_name="train", overrides=overrides)
-            folder = args.out / f"{kind}_seed{seed}"
-            results = finished_results(folder, OmegaConf.to_container(cfg, resolve=True))
-            reused = results is not None
-            started = time.perf_counter()
-            if results is None:
-                results = run(cfg, folder).results
-            seconds.append(sum(results["timings_s"].values()) if reused else time.perf_counter() - started)
+            results, run_seconds, reused = run_or_reuse(overrides, args.out / f"{kind}_seed{seed}")
+            seconds.append(run_seconds)
             privacy = results["privacy"]
             matcher = [m for m in privacy["mechanisms"] if m["component"] == "matcher"]
             sigmas = (matcher[0]["noise_multiplier"], matcher[-1]["noise_multiplier"])
