@@ -28,8 +28,12 @@ class DatasetConfig:
     root: Optional[str] = None
     # torchvision sets only (cifar10/cifar100): fetch the files if they are missing.
     download: bool = False
-    # Resize images to this side length; null keeps the native size.
+    # Resize images to this side length; null keeps the native size (built-in sets only:
+    # imagefolder requires it, so the release's shape never depends on the private files).
     image_size: Optional[int] = None
+    # imagefolder: channels every image is converted to (1 = greyscale, 3 = RGB); a config
+    # value, never inferred from the files (one odd image must not change the release).
+    channels: int = 3
     # celeba: the binary attribute used as the label.
     target_attr: str = "Male"
     # Keep at most this many train images per class (null = all): for quick runs.
