@@ -13,6 +13,7 @@ import math
 
 from omegaconf import DictConfig
 
+from dpgd import counts
 from dpgd.errors import ConfigError
 from dpgd.expert import privacy_request as expert_privacy_request
 from dpgd.generators import privacy_request as generator_privacy_request
@@ -74,7 +75,10 @@ def plan_run(cfg: DictConfig) -> NoisePlan | None:
     if not requests:  # nothing data-dependent is released (e.g. noise init, no matching)
         return None
     # Shares of components that do not run are handed to the ones that do, so a preset
-    # like budget=dpgeng with expert=none still spends the whole target.
+    # like budget=dpgeng with expert=none still spends the whole target. The class-count
+    # release (dpgd.counts) takes budget.counts off the top: every private run uses it.
+    counts_share = float(cfg.budget.counts)
     total = sum(request.fraction for request in requests)
-    requests = [dataclasses.replace(r, fraction=r.fraction / total) for r in requests]
+    requests = [dataclasses.replace(r, fraction=(1.0 - counts_share) * r.fraction / total) for r in requests]
+    requests.insert(0, ComponentRequest(counts.COMPONENT, counts_share, 1.0, 1, counts.SENSITIVITY_TEXT))
     return plan_budget(float(cfg.epsilon), float(cfg.delta), requests)

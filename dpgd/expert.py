@@ -32,10 +32,12 @@ from opacus.optimizers import DPOptimizer
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
+from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.evaluation import test_accuracy, train_classifier
 from dpgd.models import seeded_model
+from dpgd.privacy.randomness import NoiseSource
 from dpgd.seeding import derive_seed, stage_generator
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,9 @@ def train_expert(
     seed: int,
     device: torch.device,
     progress: bool = True,
+    *,
+    noise: NoiseSource,
+    counts: ClassCounts,
 ) -> Expert:
     """Pre-train on the pool, then DP-SGD fine-tune on ``dataset`` (no noise if multiplier is None).
 
@@ -119,14 +124,16 @@ def train_expert(
     trainable = trainable_for_finetuning(model, str(expert_cfg.finetune))
     private = TensorDataset(dataset.train_images, dataset.train_labels)
     sample_rate = float(expert_cfg.sample_rate)
-    loader = DPDataLoader(private, sample_rate=sample_rate, generator=stage_generator(seed, "expert", "sampling"))
+    # Poisson masks and noise from the run's secret source; the expected batch q*N that
+    # opacus divides the noisy sum by uses the released (noisy) total, not the exact N.
+    loader = DPDataLoader(private, sample_rate=sample_rate, generator=noise.generator("expert", "sampling"))
     module = GradSampleModule(model.to(device))
     optimizer = DPOptimizer(
         torch.optim.SGD(trainable, lr=float(expert_cfg.lr), momentum=0.9),
         noise_multiplier=sigmas[0] if sigmas else 0.0,
         max_grad_norm=float(expert_cfg.clip_norm),
-        expected_batch_size=max(1, round(sample_rate * len(private))),
-        generator=stage_generator(seed, "expert", "noise", device=device),
+        expected_batch_size=max(1, round(sample_rate * counts.total)),
+        generator=noise.generator("expert", "noise", device=device),
     )
     done = 0
     bar = tqdm(total=steps, desc="expert DP-SGD", disable=not progress, leave=False)

@@ -5,8 +5,10 @@ train set: every record joins the batch with probability q, each real embedding 
 to L2 norm C, embeddings are summed per class (classes are disjoint, so one record touches
 one sum), and N(0, (sigma*C)^2 I) is added to every class sum once. Only the noisy sums
 leave :func:`release_noisy_class_sums`; the clean sums are overwritten in place and never
-stored. The noisy sum is divided by the expected batch size q*N_c: class frequencies are
-treated as public (stated in the README and in ``results.json``).
+stored. The noisy sum is divided by the expected batch size q*N_c, with N_c the run's
+released (noisy) class count (:mod:`dpgd.counts`). Poisson masks and noise come from the
+run's secret :class:`~dpgd.privacy.randomness.NoiseSource`; DSA parameters and the
+extractors from the public seed.
 
 ``dm`` is the same loop with a fixed number of real images per class, no clipping and no
 noise: the non-private upper bound.
@@ -28,17 +30,13 @@ from tqdm.auto import tqdm
 
 from dpgd.augment import DSA
 from dpgd.config import MatcherConfig, ModelConfig
+from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.evaluation import train_classifier
 from dpgd.initialisation import expand_multi_formation
 from dpgd.models import seeded_model
 from dpgd.seeding import derive_seed, stage_generator
-
-PUBLIC_ASSUMPTIONS = (
-    "class frequencies are public: the noisy class sum is divided by the expected batch size q*N_c",
-)
-
 
 class ExtractorSource(Protocol):
     """Hands out the network to match through at each iteration."""
@@ -221,12 +219,18 @@ def match(
     progress: bool = True,
     factor: int = 1,
     extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    *,
+    sampling_generator: torch.Generator | None = None,
+    counts: ClassCounts | None = None,
 ) -> tuple[torch.Tensor, MatchingStats]:
     """Optimise the synthetic ``images`` (normalised, labels ``labels``) by feature matching.
 
     ``noise_multiplier`` comes from the run's noise plan for ``dp_feature`` (a float for
     constant noise, or one sigma per iteration as a list or a callable ``iteration ->
-    sigma``) and must be ``None`` for ``dm``. The sigma of each iteration is reported to
+    sigma``) and must be ``None`` for ``dm``. ``dp_feature`` also needs ``sampling_generator``
+    (the Poisson masks) and ``noise_generator``, both from the run's secret noise source, and
+    ``counts`` (the released class counts); ``generator`` draws only public randomness (DSA,
+    DM's batches). The sigma of each iteration is reported to
     ``on_iteration`` under ``"sigma"``. With multi-formation ``factor`` > 1 the stored images are unpacked
     (differentiably) before embedding. ``extra_loss(images, labels)`` (the expert
     alignment) is added to the matching loss; it must use no private data. Returns the
@@ -236,9 +240,11 @@ def match(
     if name == "dp_feature":
         if noise_multiplier is None:
             raise ConfigError("matcher=dp_feature needs a positive noise multiplier from the budget plan.")
+        if sampling_generator is None or counts is None:
+            raise ConfigError("matcher=dp_feature needs the run's secret sampling generator and released counts.")
         sigma_at = noise_schedule_fn(noise_multiplier, matcher_cfg.iterations)
-        batches = poisson_batches(dataset.train_labels, matcher_cfg.sample_rate, generator)
-        expected = matcher_cfg.sample_rate * dataset.class_counts().to(device=device, dtype=torch.float32)
+        batches = poisson_batches(dataset.train_labels, matcher_cfg.sample_rate, sampling_generator)
+        expected = matcher_cfg.sample_rate * counts.values.to(device=device, dtype=torch.float32)
     elif name == "dm":
         if noise_multiplier is not None:
             raise ConfigError("matcher=dm is non-private and takes no noise; use matcher=dp_feature.")
@@ -298,7 +304,8 @@ def match(
         optimiser.step()
         loss_value = float(loss.detach())
         if on_iteration is not None:
-            on_iteration(iteration, {"loss": loss_value, "real_batch": float(len(index)), **metrics})
+            # Only values computed from DP outputs: never the (private) Poisson batch size.
+            on_iteration(iteration, {"loss": loss_value, **metrics})
     seconds = time.perf_counter() - start
     stats = MatchingStats(
         iterations=matcher_cfg.iterations,

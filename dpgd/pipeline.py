@@ -1,9 +1,14 @@
-"""The release pipeline: DP generation -> initialisation -> DP expert -> feature matching.
+"""The release pipeline: class counts -> DP generation -> initialisation -> DP expert -> matching.
 
 :func:`distill` turns a private data set into a distilled set under a noise plan, declaring
 every DP mechanism to the run's ledger before it runs. ``train.run`` calls it once; the
 membership-inference attack calls it once per shadow run on a member subset, so the
 attack measures exactly the pipeline that is released.
+
+Every DP mechanism draws its noise and Poisson masks from the run's
+:class:`~dpgd.privacy.randomness.NoiseSource` (secret unless ``reproducible_noise``), and
+every count it needs from the one noisy class histogram (:mod:`dpgd.counts`), released
+first. The public ``seed`` only drives randomness the guarantee does not rest on.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any, Iterator
 import torch
 from omegaconf import DictConfig
 
+from dpgd import counts as class_counts
+from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.expert import ExpertAlignment, pool_accuracy, train_expert
@@ -25,8 +32,10 @@ from dpgd.generators import generate_pool, pool_report
 from dpgd.initialisation import POOL_INITS, DistilledSet, check_init, initialise, initialise_from_pool
 from dpgd.matching import PoolTrainedExtractors, RandomExtractors, match
 from dpgd.privacy import PrivacyLedger
+from dpgd.privacy.randomness import NoiseSource
 from dpgd.seeding import stage_generator
 from dpgd.tracking import Tracker
+from dpgd.validation import check_counts, is_private
 
 log = logging.getLogger("dpgd")
 
@@ -53,6 +62,35 @@ def planned_multiplier(plan: Any, component: str) -> float | None:
     return plan.for_component(component)
 
 
+@dataclass(frozen=True)
+class Release:
+    """What the release stages produce: the distilled set and the counts they used."""
+
+    distilled: DistilledSet
+    counts: ClassCounts
+    # Whether the pool came from the cache (a private diagnostic; None without a pool).
+    pool_cache_hit: bool | None = None
+
+
+def run_noise(cfg: DictConfig) -> NoiseSource:
+    """The run's noise source: secret for a private run unless ``reproducible_noise``."""
+    return NoiseSource.for_run(int(cfg.seed), is_private(cfg), bool(cfg.reproducible_noise))
+
+
+def release_counts(cfg: DictConfig, dataset: ImageDataset, plan: Any, ledger: PrivacyLedger,
+                   noise: NoiseSource) -> ClassCounts:
+    """The noisy class histogram (exact only in a non-private run), declared before it is drawn."""
+    sigma = planned_multiplier(plan, class_counts.COMPONENT)
+    if sigma is None and is_private(cfg) and plan is not None:
+        raise ConfigError("a private run must release its class counts with noise; set budget.counts > 0.")
+    if sigma is not None:
+        ledger.declare(class_counts.mechanism(sigma))
+    counts = class_counts.release_class_counts(dataset.train_labels, dataset.num_classes, sigma,
+                                               noise.generator("counts", "noise"))
+    check_counts(cfg, counts, dataset.class_names)
+    return counts
+
+
 def distill(
     cfg: DictConfig,
     dataset: ImageDataset,
@@ -63,23 +101,29 @@ def distill(
     timer: StageTimer | None = None,
     progress: bool = True,
     metrics: dict[str, Any] | None = None,
-) -> DistilledSet:
+    *,
+    noise: NoiseSource | None = None,
+) -> Release:
     """Run the release stages of ``cfg`` on ``dataset`` (the private train split).
 
-    ``metrics`` (if given) receives per-stage figures for ``results.json``; the pool report
-    (a network trained on the pool, tested on the real test set) runs only then.
+    ``noise`` defaults to :func:`run_noise` (a fresh secret for a private run). ``metrics``
+    (if given) receives per-stage figures computed from DP outputs and public data only; the
+    pool report (a network trained on the pool, tested on the public test set) runs only then.
     """
     tracker = tracker or Tracker()
     timer = timer or StageTimer()
+    noise = noise if noise is not None else run_noise(cfg)
     check_init(cfg.init, cfg.generator.name, dataset.image_size)
+    with timer.stage("counts"):
+        counts = release_counts(cfg, dataset, plan, ledger, noise)
     pool = None
     if cfg.generator.name != "none":
         with timer.stage("generate"):
-            pool = generate_pool(cfg, dataset, planned_multiplier(plan, "generator"), ledger, device, progress)
+            pool = generate_pool(cfg, dataset, planned_multiplier(plan, "generator"), ledger, device, progress,
+                                 noise=noise, counts=counts)
         if metrics is not None:
             report = pool_report(pool, dataset, cfg.model, device, cfg.seed, epochs=int(cfg.generator.report_epochs))
-            metrics["generate"] = {"pool_size": len(pool.labels), "pool_test_acc": report["pool_test_acc"],
-                                   "cache_hit": bool(pool.info.get("cache_hit", False))}
+            metrics["generate"] = {"pool_size": len(pool.labels), "pool_test_acc": report["pool_test_acc"]}
             tracker.log("generate", {"pool_test_acc": report["pool_test_acc"] or float("nan"),
                                      "pool_size": len(pool.labels)}, step=0)
             if report["grid"] is not None:
@@ -98,17 +142,20 @@ def distill(
         if pool is None:
             raise ConfigError("expert=dp_sgd is pre-trained on the generated pool; set a generator (e.g. generator=dp_merf) or expert=none.")
         with timer.stage("expert"):
-            alignment = build_alignment(cfg, dataset, pool, plan, ledger, device, progress, metrics, tracker)
+            alignment = build_alignment(cfg, dataset, pool, plan, ledger, device, progress, metrics, tracker,
+                                        noise=noise, counts=counts)
 
     if cfg.matcher.name != "none":
         with timer.stage("match"):
-            distilled = run_matching(cfg, dataset, distilled, pool, alignment, plan, ledger, device, tracker, progress)
-    return distilled
+            distilled = run_matching(cfg, dataset, distilled, pool, alignment, plan, ledger, device, tracker, progress,
+                                     noise=noise, counts=counts)
+    return Release(distilled, counts, None if pool is None else bool(pool.info.get("cache_hit", False)))
 
 
 def build_alignment(
     cfg: DictConfig, dataset: ImageDataset, pool: Any, plan: Any, ledger: PrivacyLedger,
     device: torch.device, progress: bool, metrics: dict[str, Any] | None, tracker: Tracker,
+    *, noise: NoiseSource, counts: ClassCounts,
 ) -> ExpertAlignment:
     """Train the DP expert (declaring its DP-SGD to the ledger first) and build the loss."""
     noise_multiplier = None
@@ -121,10 +168,10 @@ def build_alignment(
             ledger.declare(mechanism)
         noise_multiplier = plan.schedule_for("expert")
     expert = train_expert(cfg.expert, cfg.model, pool.images, pool.labels, dataset, noise_multiplier,
-                          cfg.seed, device, progress)
+                          cfg.seed, device, progress, noise=noise, counts=counts)
     if metrics is not None:
         accuracy = pool_accuracy(expert, dataset)
-        metrics["expert"] = {"test_acc": accuracy, "seconds": expert.info["seconds"]}
+        metrics["expert"] = {"test_acc": accuracy}
         tracker.log("expert", {"test_acc": accuracy}, step=int(expert.info["steps"]))
     return ExpertAlignment(
         expert.model, pool.images, pool.labels, dataset.num_classes, cfg.expert.temperature,
@@ -144,6 +191,9 @@ def run_matching(
     device: torch.device,
     tracker: Tracker,
     progress: bool = True,
+    *,
+    noise: NoiseSource,
+    counts: ClassCounts,
 ) -> DistilledSet:
     noise_multiplier = None
     if cfg.matcher.name == "dp_feature":
@@ -179,11 +229,12 @@ def run_matching(
 
     images, stats = match(
         distilled.images, distilled.labels, dataset, cfg.matcher, extractors, noise_multiplier,
-        generator=stage_generator(cfg.seed, "match", "sampling"),
-        noise_generator=stage_generator(cfg.seed, "match", "noise"),
+        generator=stage_generator(cfg.seed, "match", "augment"),
+        noise_generator=noise.generator("match", "noise"),
+        sampling_generator=noise.generator("match", "sampling"),
+        counts=counts,
         device=device, on_iteration=on_iteration, progress=progress,
         factor=distilled.factor, extra_loss=alignment,
     )
-    tracker.log("match", {"seconds_per_iteration": stats.seconds / max(1, stats.iterations),
-                          "images_per_second": stats.images_per_second}, step=stats.iterations)
+    # Seconds per iteration depend on the Poisson batch sizes (hence on N): not tracked.
     return DistilledSet(images, distilled.labels, factor=distilled.factor)

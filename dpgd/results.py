@@ -1,4 +1,15 @@
-"""The run's artifacts: ``results.json``, ``distilled.pt``, ``distilled.png``.
+"""The run's artifacts and where they live: ``release/`` (publishable) and ``private/``.
+
+A run folder holds:
+
+- ``release/``: what may be published with the guarantee: ``results.json`` (DP results:
+  accuracy on the public test split, the privacy report, the noisy class counts),
+  ``privacy_ledger.json``, ``distilled.pt``, ``distilled.png``. Everything in it is a DP
+  release, post-processing of one, or public (config, seed, test split).
+- ``private/``: for the data owner only: ``diagnostics.json`` (timings, peak memory,
+  device, cache use: they depend on N and on the Poisson batch sizes), the membership
+  attack's ``mia.json``, ``mia_roc.png`` and ``mia_shadows/`` (per-record scores).
+- Hydra's ``train.log`` and ``.hydra/``, and ``wandb/``, are the owner's too.
 
 These files are the product's contract with users and downstream scripts
 (``scripts/summarize.py``, ``scripts/compare_methods.py``); change keys with care.
@@ -18,6 +29,30 @@ RESULTS_FILE = "results.json"
 DISTILLED_FILE = "distilled.pt"
 GRID_FILE = "distilled.png"
 LEDGER_FILE = "privacy_ledger.json"
+DIAGNOSTICS_FILE = "diagnostics.json"
+MIA_FILE = "mia.json"
+RELEASE_DIR = "release"
+PRIVATE_DIR = "private"
+
+
+def release_dir(run_dir: Path) -> Path:
+    """``<run dir>/release``: the files that may be published."""
+    return Path(run_dir) / RELEASE_DIR
+
+
+def private_dir(run_dir: Path) -> Path:
+    """``<run dir>/private``: the data owner's files (never publish them)."""
+    return Path(run_dir) / PRIVATE_DIR
+
+
+def _in_release(path: Path, name: str) -> Path:
+    """A file given directly, or by its run folder or release folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if (path / name).exists() or path.name == RELEASE_DIR:
+        return path / name
+    return release_dir(path) / name
 
 
 def _json_ready(value: Any) -> Any:
@@ -32,15 +67,13 @@ def _json_ready(value: Any) -> Any:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_json_ready(payload), indent=2, allow_nan=True) + "\n")
 
 
 def read_results(path: Path) -> dict[str, Any]:
-    """Read a ``results.json`` (or the folder holding one)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS_FILE
-    return json.loads(path.read_text())
+    """Read a ``results.json`` (given directly, or its run folder or release folder)."""
+    return json.loads(_in_release(path, RESULTS_FILE).read_text())
 
 
 def save_distilled(
@@ -105,9 +138,6 @@ class DistilledDataset(Dataset):
 
 
 def load_distilled(path: str | Path) -> DistilledDataset:
-    """Load ``distilled.pt`` (or the run folder holding it) as a torch Dataset."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / DISTILLED_FILE
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    """Load ``distilled.pt`` (or its run folder or release folder) as a torch Dataset."""
+    payload = torch.load(_in_release(path, DISTILLED_FILE), map_location="cpu", weights_only=True)
     return DistilledDataset(payload)

@@ -4,6 +4,8 @@ Stages call :class:`Tracker` methods with a stage prefix (``match``, ``eval``, .
 stage gets its own step axis (``<stage>/step``) so dashboards plot iterations, not call
 counts. W&B runs offline by default so nothing hangs or prompts on a machine without an
 account or network; ``online`` falls back to offline when the server cannot be reached.
+Console capture is off: the terminal may show figures of the private data (progress bars),
+and a W&B project is often shared, so W&B gets only what stages log explicitly.
 """
 
 from __future__ import annotations
@@ -115,10 +117,12 @@ def open_tracker(
     mode = logger_cfg.mode
     if mode == "online":
         try:
-            run = wandb.init(mode="online", settings=wandb.Settings(init_timeout=logger_cfg.init_timeout_s), **kwargs)
+            run = wandb.init(mode="online", settings=wandb.Settings(init_timeout=logger_cfg.init_timeout_s,
+                                                                    console="off"), **kwargs)
             return WandbTracker(run)
         except Exception as err:  # noqa: BLE001 - any failure to reach the server means: go offline
             log.warning("W&B online init failed (%s); logging offline instead. Upload later with `wandb sync`.", err)
             mode = "offline"
-    run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=logger_cfg.init_timeout_s, silent=True), **kwargs)
+    run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=logger_cfg.init_timeout_s, silent=True,
+                                                        console="off"), **kwargs)
     return WandbTracker(run)

@@ -13,7 +13,7 @@ import math
 import platform
 import resource
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,14 @@ from dpgd.data import ImageDataset, load_dataset
 from dpgd.errors import DpgdError
 from dpgd.evaluation import evaluate_distilled
 from dpgd.initialisation import DistilledSet
-from dpgd.matching import PUBLIC_ASSUMPTIONS
 from dpgd.mia.stage import check_mia, check_mia_settings, run_attack
-from dpgd.pipeline import StageTimer, distill
-from dpgd.privacy import PrivacyLedger
+from dpgd.pipeline import StageTimer, distill, run_noise
+from dpgd.privacy import ADJACENCY, PrivacyLedger
+from dpgd.privacy.public import PUBLIC_ASSUMPTIONS
+from dpgd.privacy.randomness import NoiseSource
+from dpgd.privacy.randomness import describe as describe_noise
 from dpgd.tracking import Tracker, open_tracker
-from dpgd.validation import check_config, check_data, is_private, resolve_device
+from dpgd.validation import check_config, is_private, resolve_device
 
 log = logging.getLogger("dpgd")
 
@@ -43,15 +45,28 @@ register_configs()
 
 @dataclass
 class RunResult:
-    """What a run returns to its caller (tests, sweepers, the comparison script)."""
+    """What a run returns to its caller (tests, sweepers, the comparison script).
+
+    ``results`` is the release's ``results.json``; ``diagnostics`` the owner's private
+    figures (timings, memory, cache use, the attack's results).
+    """
 
     output_dir: Path
     results: dict[str, Any]
     distilled: DistilledSet
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def test_acc_mean(self) -> float:
         return float(self.results["test_acc_mean"])
+
+    @property
+    def release_dir(self) -> Path:
+        return artifacts.release_dir(self.output_dir)
+
+    @property
+    def private_dir(self) -> Path:
+        return artifacts.private_dir(self.output_dir)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -74,6 +89,10 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
     # The plan is made (and refused if it cannot meet the target) before any data is read.
     with timer.stage("plan"):
         plan = plan_run(cfg)
+    noise = run_noise(cfg)
+    if is_private(cfg) and not noise.is_secret:
+        log.warning("reproducible_noise=true: DP noise is derived from the public seed; this run is NOT "
+                    "differentially private (anyone with the seed can regenerate the noise).")
     ledger = PrivacyLedger()
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -82,16 +101,15 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
     try:
         with timer.stage("data"):
             dataset = load_dataset(cfg.dataset, seed=cfg.seed)
-            check_data(cfg, dataset)
             check_mia(cfg, dataset)
-        log.info(
-            "data set %s: %d train / %d test images, %d classes, %s x %s",
-            dataset.name, dataset.num_train, len(dataset.test_labels), dataset.num_classes,
-            dataset.channels, dataset.image_size,
-        )
+        log.info("data set %s: %d classes, %s x %s", dataset.name, dataset.num_classes,
+                 dataset.channels, dataset.image_size)
 
         stage_metrics: dict[str, Any] = {}
-        distilled = distill(cfg, dataset, plan, ledger, device, tracker, timer, metrics=stage_metrics)
+        release = distill(cfg, dataset, plan, ledger, device, tracker, timer, metrics=stage_metrics, noise=noise)
+        distilled = release.distilled
+        log.info("class counts (%s): %s", "noisy release" if release.counts.noisy else "exact, non-private run",
+                 release.counts.to_dict()["per_class"])
 
         with timer.stage("eval"):
             train_images, train_labels = distilled.expanded()
@@ -100,13 +118,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
             )
         tracker.log("eval", {"test_acc_mean": evaluation.mean, "test_acc_std": evaluation.std})
 
-        mia = None
-        if cfg.mia.name != "none":
-            # Evaluation, not release: shadow runs use their own ledgers; this run's is unchanged.
-            with timer.stage("mia"):
-                mia = run_attack(cfg, dataset, device, output_dir, tracker)
-
-        privacy = privacy_summary(cfg, ledger)
+        privacy = privacy_summary(cfg, ledger, noise)
         results = {
             "dataset": dataset.name,
             "method": cfg.method,
@@ -118,39 +130,62 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
             "test_acc_std": evaluation.std,
             "test_acc_runs": evaluation.accuracies,
             "privacy": privacy,
-            "timings_s": timer.seconds,
-            "peak_memory_mb": round(peak_memory_mb(device), 1),
-            "device": str(device),
-            "num_train": dataset.num_train,
+            "release_id": ledger.release_id,
+            "class_counts": release.counts.to_dict(),
             "num_classes": dataset.num_classes,
             "multi_formation": distilled.factor,
             "stages": stage_metrics,
         }
+        write_release(output_dir, cfg, dataset, distilled, results, ledger, resolved, tracker)
+
+        mia = None
+        if cfg.mia.name != "none":
+            # Evaluation, not release: shadow runs use their own ledgers and secret noise; this
+            # run's ledger is unchanged, and every output of the attack stays in private/.
+            with timer.stage("mia"):
+                mia = run_attack(cfg, dataset, device, artifacts.private_dir(output_dir), tracker)
+        diagnostics = {
+            "release_id": ledger.release_id,
+            "timings_s": timer.seconds,
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
+            "device": str(device),
+            "pool_cache_hit": getattr(release, "pool_cache_hit", None),
+            "num_train": dataset.num_train,
+        }
+        write_private(output_dir, diagnostics, mia)
         if mia is not None:
-            results["mia"] = mia
-        write_artifacts(output_dir, cfg, dataset, distilled, results, ledger, resolved, tracker)
+            diagnostics["mia"] = mia
         exit_code = 0
-        return RunResult(output_dir=output_dir, results=results, distilled=distilled)
+        return RunResult(output_dir=output_dir, results=results, distilled=distilled, diagnostics=diagnostics)
     finally:
         tracker.finish(exit_code=exit_code)
 
 
-def privacy_summary(cfg: DictConfig, ledger: PrivacyLedger) -> dict[str, Any]:
-    """``results.json["privacy"]``: recomputed from the ledger, never copied from the config."""
+def privacy_summary(cfg: DictConfig, ledger: PrivacyLedger, noise: NoiseSource) -> dict[str, Any]:
+    """``results.json["privacy"]``: recomputed from the ledger, never copied from the config.
+
+    ``dp`` is true only for a private run whose noise was secret; the same keys are written
+    for every run.
+    """
     if not is_private(cfg):
-        return {"epsilon": math.inf, "epsilon_rdp": math.inf, "delta": float(cfg.delta),
-                "accountant": None, "mechanisms": [], "non_private": True}
-    report = ledger.report(float(cfg.delta)).to_dict()
-    if report["epsilon"] > float(cfg.epsilon):
-        raise RuntimeError(
-            f"privacy bug: the ledger composes to epsilon={report['epsilon']:.4f} above the target {cfg.epsilon}"
-        )
+        report: dict[str, Any] = {"epsilon": math.inf, "epsilon_rdp": math.inf, "delta": float(cfg.delta),
+                                  "accountant": None, "eps_error": 0.0, "mechanisms": [], "note": "epsilon=inf"}
+    else:
+        report = ledger.report(float(cfg.delta)).to_dict()
+        if report["epsilon"] > float(cfg.epsilon):
+            raise RuntimeError(
+                f"privacy bug: the ledger composes to epsilon={report['epsilon']:.4f} above the target {cfg.epsilon}"
+            )
+    report["dp"] = is_private(cfg) and noise.is_secret
+    report["non_private"] = not is_private(cfg)
+    report["noise"] = describe_noise(noise) if is_private(cfg) else "none: epsilon=inf adds no noise"
+    report["release_id"] = ledger.release_id
+    report["adjacency"] = ADJACENCY
     report["public_assumptions"] = list(PUBLIC_ASSUMPTIONS)
-    report["adjacency"] = "add/remove one record"
     return report
 
 
-def write_artifacts(
+def write_release(
     output_dir: Path,
     cfg: DictConfig,
     dataset: ImageDataset,
@@ -160,14 +195,17 @@ def write_artifacts(
     resolved: dict[str, Any],
     tracker: Tracker,
 ) -> None:
-    artifacts.write_json(output_dir / artifacts.RESULTS_FILE, results)
-    artifacts.write_json(output_dir / artifacts.LEDGER_FILE, results["privacy"])
+    """``release/``: results, ledger (loadable, with its report), distilled set and grid."""
+    release = artifacts.release_dir(output_dir)
+    release.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(release / artifacts.RESULTS_FILE, results)
+    artifacts.write_json(release / artifacts.LEDGER_FILE, ledger_document(ledger, results["privacy"]))
     artifacts.save_distilled(
-        output_dir / artifacts.DISTILLED_FILE, distilled.images, distilled.labels,
+        release / artifacts.DISTILLED_FILE, distilled.images, distilled.labels,
         dataset.class_names, dataset.mean, dataset.std, resolved, factor=distilled.factor,
     )
     images_01 = dataset.denormalise(distilled.images)
-    artifacts.save_grid(output_dir / artifacts.GRID_FILE, images_01, cfg.ipc)
+    artifacts.save_grid(release / artifacts.GRID_FILE, images_01, cfg.ipc)
     tracker.log_images("distilled/images", images_01, cfg.ipc, "distilled set")
     privacy = results["privacy"]
     tracker.log_table(
@@ -181,12 +219,28 @@ def write_artifacts(
         "eval/test_acc_std": results["test_acc_std"],
         "privacy/epsilon": privacy["epsilon"],
         "privacy/epsilon_rdp": privacy["epsilon_rdp"],
+        "privacy/dp": privacy["dp"],
     })
 
     if cfg.logger.get("log_artifact", False):
-        tracker.log_file_artifact(f"distilled-{dataset.name}", "distilled-set", output_dir / artifacts.DISTILLED_FILE)
-    log.info("test accuracy %.2f +- %.2f %% | epsilon %s | artifacts in %s",
-             results["test_acc_mean"], results["test_acc_std"], privacy["epsilon"], output_dir)
+        tracker.log_file_artifact(f"distilled-{dataset.name}", "distilled-set", release / artifacts.DISTILLED_FILE)
+    status = "" if privacy["dp"] else " (NOT DP)" if is_private(cfg) else " (non-private run)"
+    log.info("test accuracy %.2f +- %.2f %% | epsilon %.4g%s | release in %s",
+             results["test_acc_mean"], results["test_acc_std"], privacy["epsilon"], status, release)
+
+
+def ledger_document(ledger: PrivacyLedger, report: dict[str, Any]) -> dict[str, Any]:
+    """``privacy_ledger.json``: the report plus the ledger's format keys, so
+    :meth:`PrivacyLedger.from_dict` loads it back."""
+    return report | {key: value for key, value in ledger.to_dict().items() if key != "mechanisms"}
+
+
+def write_private(output_dir: Path, diagnostics: dict[str, Any], mia: dict[str, Any] | None) -> None:
+    """``private/``: figures that depend on the private data without noise. Never publish."""
+    private = artifacts.private_dir(output_dir)
+    artifacts.write_json(private / artifacts.DIAGNOSTICS_FILE, diagnostics)
+    if mia is not None:
+        artifacts.write_json(private / artifacts.MIA_FILE, mia)
 
 
 def hydra_run_identity() -> tuple[Path, str, str | None]:

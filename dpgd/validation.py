@@ -6,13 +6,16 @@ Each failure raises :class:`~dpgd.errors.ConfigError` with what is wrong and how
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
 
-from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.initialisation import check_init
+
+if TYPE_CHECKING:
+    from dpgd.counts import ClassCounts
 
 NON_PRIVATE_ONLY = {
     ("init", "real"): "init=real copies private images into the release",
@@ -41,6 +44,12 @@ def check_config(cfg: DictConfig) -> None:
     for key, value in fractions.items():
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"budget.{key}={value} must be a fraction in [0, 1].")
+    counts_share = float(cfg.budget.counts)
+    if is_private(cfg) and not 0.0 < counts_share < 1.0:
+        raise ConfigError(
+            f"budget.counts={counts_share} must lie in (0, 1): a private run releases its class counts "
+            "with noise (the default 0.05 of epsilon)."
+        )
     total = sum(fractions.values())
     if is_private(cfg) and abs(total - 1.0) > 1e-6:
         raise ConfigError(
@@ -64,20 +73,25 @@ def check_config(cfg: DictConfig) -> None:
     resolve_device(cfg.device)
 
 
-def check_data(cfg: DictConfig, dataset: ImageDataset) -> None:
-    """Checks that need the data set's size, run right after loading, before any stage."""
-    counts = dataset.class_counts()
-    smallest = int(counts.min())
+def check_counts(cfg: DictConfig, counts: "ClassCounts", class_names: tuple[str, ...]) -> None:
+    """Size checks, run on the released class counts right after their release.
+
+    In a private run the counts are the noisy histogram (:mod:`dpgd.counts`), so the checks
+    are post-processing: a refusal here has spent only the count release. Exact counts are
+    read only in a non-private run.
+    """
+    index, smallest = counts.smallest()
+    smallest_int = int(round(smallest))
     if cfg.ipc > smallest:
-        cls = dataset.class_names[int(counts.argmin())]
+        about = "about " if counts.noisy else ""
         raise ConfigError(
-            f"ipc={cfg.ipc} is larger than class '{cls}', which has {smallest} training images; "
-            f"use ipc<={smallest}."
+            f"ipc={cfg.ipc} is larger than class '{class_names[index]}', which has {about}{smallest_int} training "
+            f"images; use ipc<={max(1, smallest_int)}."
         )
     if is_private(cfg):
         from dpgd.privacy import check_delta
 
-        check_delta(float(cfg.delta), dataset.num_train)
+        check_delta(float(cfg.delta), max(1, int(round(counts.total))))
 
 
 def resolve_device(name: str) -> torch.device:

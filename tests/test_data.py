@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import urllib.error
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from PIL import Image
 from torchvision.datasets import utils as tv_utils
 
 from dpgd.config import DatasetConfig
-from dpgd.data import ImageDataset, dataset_fingerprint, default_data_root, load_dataset
+from dpgd.data import ImageDataset, _subset, dataset_fingerprint, default_data_root, load_dataset
 from dpgd.errors import ConfigError, DataNotFoundError
 
 
@@ -98,6 +99,66 @@ def test_max_train_per_class_and_max_test():
     assert load_dataset(cfg("digits", max_train_per_class=10_000)).num_train == full.num_train
 
 
+def records(ds: ImageDataset) -> Counter:
+    """The train split as a multiset of (image bytes, label): what a subset kept, order aside."""
+    rows = ds.train_images.flatten(1).numpy()
+    return Counter((row.tobytes(), int(y)) for row, y in zip(rows, ds.train_labels.tolist()))
+
+
+def at_most_a_swap(a: ImageDataset, b: ImageDataset) -> bool:
+    ra, rb = records(a), records(b)
+    return sum((ra - rb).values()) <= 1 and sum((rb - ra).values()) <= 1
+
+
+def with_train(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor) -> ImageDataset:
+    return dataclasses.replace(ds, train_images=images.contiguous(), train_labels=labels.contiguous())
+
+
+def test_max_train_per_class_is_stable_under_one_record():
+    """Adjacent data sets (one record added or removed) keep subsets that differ by at most a swap.
+
+    A seeded shuffle of all N indices (the old selection) reshuffles everything when N changes.
+    """
+    k = 50  # about a third of each digits class, so many of the changes below reach the subset
+    full = load_dataset(cfg("digits"))
+    kept = _subset(full, k, None, seed=0)
+    assert kept.class_counts().tolist() == [k] * 10
+    assert records(_subset(full, k, None, seed=0)) == records(kept)  # deterministic for one seed
+    assert records(_subset(full, k, None, seed=1)) != records(kept)  # the seed picks the images
+    images, labels = full.train_images, full.train_labels
+
+    changed = 0
+    for j in range(20):  # add one new record (a flipped image) at various positions and classes
+        src, pos = 71 * j % full.num_train, 37 * j % (full.num_train + 1)
+        x, y = images[src : src + 1].flip(-1), labels[src : src + 1]
+        bigger = with_train(
+            full, torch.cat([images[:pos], x, images[pos:]]), torch.cat([labels[:pos], y, labels[pos:]])
+        )
+        kept_plus = _subset(bigger, k, None, seed=0)
+        assert kept_plus.class_counts().tolist() == [k] * 10
+        assert at_most_a_swap(kept, kept_plus)
+        changed += records(kept_plus) != records(kept)
+    assert changed > 0  # the new record was kept (and one other dropped) at least once
+
+    kept_rows = set(records(kept))
+    dropped_kept = 0
+    for i in range(0, full.num_train, 97):  # remove one record, kept or not
+        keep = torch.arange(full.num_train) != i
+        kept_minus = _subset(with_train(full, images[keep], labels[keep]), k, None, seed=0)
+        assert at_most_a_swap(kept, kept_minus)
+        dropped_kept += (images[i].flatten().numpy().tobytes(), int(labels[i])) in kept_rows
+    assert dropped_kept > 0
+
+    # A record's rank is its own content's: the order of the files does not matter ...
+    perm = torch.randperm(full.num_train, generator=torch.Generator().manual_seed(3))
+    assert records(_subset(with_train(full, images[perm], labels[perm]), k, None, seed=0)) == records(kept)
+    # ... and kept records keep their original order (images tagged with their index).
+    index = torch.arange(full.num_train, dtype=torch.float32).view(-1, 1, 1, 1)
+    tagged = with_train(full, index.expand_as(images), labels)
+    order = _subset(tagged, k, None, seed=0).train_images[:, 0, 0, 0]
+    assert torch.all(order[1:] > order[:-1])
+
+
 def test_fingerprint_stable_and_data_sensitive():
     a = load_dataset(cfg("digits"))
     fp = dataset_fingerprint(a)
@@ -135,7 +196,7 @@ def test_non_positive_limits_are_config_errors():
 def test_missing_folder_names_the_path(tmp_path, name, expected):
     root = tmp_path / "nowhere"
     with pytest.raises(DataNotFoundError) as info:
-        load_dataset(cfg(name, root=str(root)))
+        load_dataset(cfg(name, root=str(root), image_size=32))
     assert str(root / expected) in str(info.value)
 
 
@@ -355,7 +416,7 @@ def test_celeba_unofficial_files_fail_md5_clearly(tmp_path):
 
 
 def test_imagefolder_cifar10_mini(cifar10_mini):
-    ds = load_dataset(cfg("imagefolder", root=str(cifar10_mini)))
+    ds = load_dataset(cfg("imagefolder", root=str(cifar10_mini), image_size=32))
     assert_normalised_shape(ds, 5000, 1000, (3, 32, 32))
     assert ds.num_classes == 10 and ds.class_names[0] == "airplane"
     assert ds.class_counts().tolist() == [500] * 10
@@ -374,46 +435,73 @@ def write_folder(root: Path, classes=("a", "b"), mode="RGB", size=(8, 8)) -> Non
                 solid(root / split / name / f"{k}.png", colour, size=size, mode=mode)
 
 
+def folder(root: Path, **kw) -> DatasetConfig:
+    """An imagefolder config; the shape is always given (8x8 RGB unless told)."""
+    return cfg("imagefolder", root=str(root), **{"image_size": 8, **kw})
+
+
 def test_imagefolder_greyscale_and_resize(tmp_path):
     write_folder(tmp_path, mode="L")
-    ds = load_dataset(cfg("imagefolder", root=str(tmp_path)))
+    ds = load_dataset(folder(tmp_path, channels=1))
     assert_normalised_shape(ds, 6, 4, (1, 8, 8))
     assert ds.class_names == ("a", "b") and ds.test_labels.tolist() == [0, 0, 1, 1]
     assert torch.allclose(pixel(ds, "train", 5), torch.tensor([150.0]), atol=1e-3)
-    assert load_dataset(cfg("imagefolder", root=str(tmp_path), image_size=4)).image_size == (4, 4)
+    assert load_dataset(folder(tmp_path, channels=1, image_size=4)).image_size == (4, 4)
+    # The same greyscale files as RGB: channels come from the config, not from the files.
+    rgb = load_dataset(folder(tmp_path, channels=3))
+    assert_normalised_shape(rgb, 6, 4, (3, 8, 8))
+    assert torch.allclose(pixel(rgb, "train", 5), torch.tensor([150.0, 150, 150]), atol=1e-3)
 
 
-def test_imagefolder_mixed_modes_become_rgb(tmp_path):
-    write_folder(tmp_path, mode="L")
-    solid(tmp_path / "train" / "a" / "rgb.png", (1, 2, 3), size=(8, 8))
-    ds = load_dataset(cfg("imagefolder", root=str(tmp_path)))
-    assert ds.channels == 3
+def test_imagefolder_shape_is_configuration(tmp_path):
+    """One greyscale or odd-sized private image changes neither the shape nor stops the run."""
+    write_folder(tmp_path, size=(32, 32))
+    plain = load_dataset(folder(tmp_path, image_size=32, channels=3))
+    assert_normalised_shape(plain, 6, 4, (3, 32, 32))
+
+    solid(tmp_path / "train" / "a" / "grey.png", 90, size=(32, 32), mode="L")
+    solid(tmp_path / "train" / "b" / "odd.png", (10, 200, 30, 255), size=(50, 21), mode="RGBA")
+    ds = load_dataset(folder(tmp_path, image_size=32, channels=3))
+    assert_normalised_shape(ds, 8, 4, (3, 32, 32))
+    assert ds.train_images.shape[1:] == plain.train_images.shape[1:]
+    assert torch.equal(ds.test_images, plain.test_images)
+    # Files are sorted within a class: a/0-2.png, a/grey.png, b/0-2.png, b/odd.png.
+    assert ds.train_labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert torch.allclose(pixel(ds, "train", 3), torch.tensor([90.0, 90, 90]), atol=1e-3)
+    assert torch.allclose(pixel(ds, "train", 7), torch.tensor([10.0, 200, 30]), atol=1e-3)
+
+    grey = load_dataset(folder(tmp_path, image_size=32, channels=1))
+    assert_normalised_shape(grey, 8, 4, (1, 32, 32))
+    assert load_dataset(folder(tmp_path, image_size=16, channels=1)).image_size == (16, 16)
 
 
-def test_imagefolder_mixed_sizes_need_image_size(tmp_path):
+def test_imagefolder_shape_must_be_configured(tmp_path):
     write_folder(tmp_path)
-    solid(tmp_path / "test" / "b" / "big.png", (0, 0, 0), size=(16, 12))
+    with pytest.raises(ConfigError, match=r"dataset=imagefolder needs dataset.image_size \(e.g. 32\)"):
+        load_dataset(folder(tmp_path, image_size=None))
+    with pytest.raises(ConfigError, match="dataset.channels must be 1 .* or 3"):
+        load_dataset(folder(tmp_path, channels=2))
+    # Refused before any file is read: a missing folder is not even looked at.
     with pytest.raises(ConfigError, match="image_size"):
-        load_dataset(cfg("imagefolder", root=str(tmp_path)))
-    assert load_dataset(cfg("imagefolder", root=str(tmp_path), image_size=8)).test_images.shape == (5, 3, 8, 8)
+        load_dataset(folder(tmp_path / "nowhere", image_size=None))
 
 
 def test_imagefolder_class_mismatch(tmp_path):
     write_folder(tmp_path)
     solid(tmp_path / "test" / "c" / "0.png", (0, 0, 0), size=(8, 8))
     with pytest.raises(ConfigError, match=r"only in test: \['c'\]"):
-        load_dataset(cfg("imagefolder", root=str(tmp_path)))
+        load_dataset(folder(tmp_path))
 
 
 def test_imagefolder_fingerprint_follows_the_files(tmp_path):
     write_folder(tmp_path)
-    fp = dataset_fingerprint(load_dataset(cfg("imagefolder", root=str(tmp_path))))
-    assert fp == dataset_fingerprint(load_dataset(cfg("imagefolder", root=str(tmp_path))))
+    fp = dataset_fingerprint(load_dataset(folder(tmp_path)))
+    assert fp == dataset_fingerprint(load_dataset(folder(tmp_path)))
     solid(tmp_path / "train" / "a" / "0.png", (0, 255, 0), size=(8, 8))
-    assert dataset_fingerprint(load_dataset(cfg("imagefolder", root=str(tmp_path)))) != fp
+    assert dataset_fingerprint(load_dataset(folder(tmp_path))) != fp
 
 
 def test_imagefolder_root_is_expanded(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     write_folder(tmp_path / "imgs")
-    assert load_dataset(cfg("imagefolder", root="~/imgs")).num_train == 6
+    assert load_dataset(cfg("imagefolder", root="~/imgs", image_size=8)).num_train == 6

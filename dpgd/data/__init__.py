@@ -33,6 +33,7 @@ class DatasetSettings(Protocol):
     root: Optional[str]
     download: bool
     image_size: Optional[int]
+    channels: int
     target_attr: str
     max_train_per_class: Optional[int]
     max_test: Optional[int]
@@ -95,22 +96,44 @@ def load_dataset(cfg: DatasetSettings, seed: int = 0) -> ImageDataset:
             )
         from dpgd.data.imagefolder import load_imagefolder
 
-        ds = load_imagefolder(Path(cfg.root).expanduser(), size)
+        ds = load_imagefolder(Path(cfg.root).expanduser(), size, int(cfg.channels))
     return _subset(ds, cfg.max_train_per_class, cfg.max_test, seed)
 
 
 def _subset(
     ds: ImageDataset, per_class: Optional[int], max_test: Optional[int], seed: int
 ) -> ImageDataset:
-    """First ``per_class`` train images of each class after a seeded shuffle; a fixed-seed test subset."""
+    """Keep ``per_class`` train images per class, chosen record by record; a fixed-seed test subset.
+
+    Each train record is ranked by a keyed hash of its own content only,
+    ``sha256(f"{seed}|" + image bytes + f"|{label}")`` (the normalised float32 tensor's bytes;
+    ties, i.e. identical records, broken by index), and each class keeps its ``per_class``
+    smallest. A record's rank never depends on how many other records there are, so adding or
+    removing one record changes the kept set by at most one record in and one out (a swap);
+    a seeded shuffle of all N indices would instead reshuffle everything. Kept records stay in
+    their original order.
+
+    Privacy: the DP guarantee then covers the kept subset as the private data set. With respect
+    to the full folder, one added/removed record is at worst a swap, i.e. two add/remove steps
+    (group privacy with k=2: (eps, delta) becomes (2 eps, (1 + e^eps) delta)), so use
+    ``max_train_per_class`` for quick runs, not for a release meant to protect the full data.
+    """
     changes: dict[str, torch.Tensor] = {}
     if per_class is not None:
-        gen = torch.Generator().manual_seed(int(seed))
-        order = torch.randperm(ds.num_train, generator=gen)
-        shuffled = ds.train_labels[order]
-        keep = torch.cat([order[shuffled == c][: int(per_class)] for c in range(ds.num_classes)])
-        keep = keep.sort().values  # original order, so class layout matches the full set
-        changes |= {"train_images": ds.train_images[keep], "train_labels": ds.train_labels[keep]}
+        k = int(per_class)
+        if ds.num_train and int(torch.bincount(ds.train_labels).max()) > k:
+            labels = ds.train_labels.tolist()
+            rows = ds.train_images.detach().cpu().contiguous().flatten(1).numpy()
+            keyed = hashlib.sha256(f"{int(seed)}|".encode())
+            ranked: dict[int, list[tuple[bytes, int]]] = {}
+            for i, (row, label) in enumerate(zip(rows, labels)):
+                h = keyed.copy()
+                h.update(row)
+                h.update(f"|{label}".encode())
+                ranked.setdefault(label, []).append((h.digest(), i))
+            kept = sorted(i for records in ranked.values() for _, i in sorted(records)[:k])
+            keep = torch.tensor(kept, dtype=torch.int64)
+            changes |= {"train_images": ds.train_images[keep], "train_labels": ds.train_labels[keep]}
     n_test = int(ds.test_labels.shape[0])
     if max_test is not None and int(max_test) < n_test:
         gen = torch.Generator().manual_seed(TEST_SUBSET_SEED)

@@ -1,7 +1,10 @@
 """Any ``<root>/train/<class>/*`` + ``<root>/test/<class>/*`` tree (torchvision ``ImageFolder``).
 
-Channels: 1 when every image is greyscale (PIL mode "L"), otherwise all are converted to RGB
-(palette, RGBA, CMYK, 16-bit ... included), so one set never mixes channel counts.
+The output shape is configuration, never read from the files: every image (train and test)
+is converted to ``channels`` (1 = PIL mode "L", 3 = "RGB"; palette, RGBA, CMYK, 16-bit ...
+included) and resized to ``image_size`` x ``image_size`` with :func:`fit_square` (shorter
+side + centre crop). No image header decides anything, so adding or removing one private
+image (greyscale, odd-sized or not) can neither change the release's shape nor stop the run.
 Normalised to [-1, 1] with public constants (never statistics of the private train split).
 """
 
@@ -19,6 +22,7 @@ from dpgd.data.tensors import neutral_stats, normalised_dataset, pil_to_uint8, u
 from dpgd.errors import ConfigError, DataNotFoundError
 
 LAYOUT = "<root>/train/<class>/<image> and <root>/test/<class>/<image>"
+MODES = {1: "L", 3: "RGB"}
 
 
 def _scan(folder: Path) -> ImageFolder:
@@ -33,18 +37,21 @@ def _scan(folder: Path) -> ImageFolder:
         raise DataNotFoundError(f"No usable images under {folder}/ ({exc}). Expected {LAYOUT}.") from exc
 
 
-def _headers(samples: list[tuple[str, int]]) -> tuple[set[str], set[tuple[int, int]]]:
-    """Modes and sizes of every image, read from headers only (PIL opens lazily)."""
-    modes: set[str] = set()
-    sizes: set[tuple[int, int]] = set()
-    for path, _ in samples:
-        with Image.open(path) as img:
-            modes.add(img.mode)
-            sizes.add(img.size)
-    return modes, sizes
+def _check_shape(image_size: int | None, channels: int) -> None:
+    """Refuse a shape that is not fully configured, before any private file is read."""
+    if image_size is None or int(image_size) < 1:
+        raise ConfigError(
+            f"dataset=imagefolder needs dataset.image_size (e.g. 32), got {image_size}: every image "
+            "is resized to it, so the shape never depends on the files."
+        )
+    if channels not in MODES:
+        raise ConfigError(
+            f"dataset.channels must be 1 (greyscale) or 3 (RGB), got {channels}; "
+            "e.g. dataset.channels=3."
+        )
 
 
-def _decode(samples: list[tuple[str, int]], mode: str, size: int | None, desc: str) -> torch.Tensor:
+def _decode(samples: list[tuple[str, int]], mode: str, size: int, desc: str) -> torch.Tensor:
     images = []
     for path, _ in tqdm(samples, desc=desc, unit="img", mininterval=1.0, disable=len(samples) < 20_000):
         with Image.open(path) as img:
@@ -52,8 +59,13 @@ def _decode(samples: list[tuple[str, int]], mode: str, size: int | None, desc: s
     return torch.stack(images)
 
 
-def load_imagefolder(root: Path, image_size: int | None = None) -> ImageDataset:
-    """Class names and indices come from ``train/``; ``test/`` must have the same classes."""
+def load_imagefolder(root: Path, image_size: int, channels: int) -> ImageDataset:
+    """Every image as ``(channels, image_size, image_size)``, whatever its mode and size.
+
+    Class names and indices come from ``train/``; ``test/`` must have the same classes.
+    """
+    _check_shape(image_size, channels)
+    mode, size = MODES[channels], int(image_size)
     train = _scan(root / "train")
     test = _scan(root / "test")
     if train.classes != test.classes:
@@ -64,17 +76,8 @@ def load_imagefolder(root: Path, image_size: int | None = None) -> ImageDataset:
             f"only in train: {only_train or 'none'}; only in test: {only_test or 'none'}."
         )
 
-    modes, sizes = _headers(train.samples + test.samples)
-    if image_size is None and len(sizes) > 1:
-        shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:5])
-        raise ConfigError(
-            f"Images under {root}/ have {len(sizes)} different sizes ({shown}, ...); "
-            "set dataset.image_size to resize them all (shorter side + centre crop)."
-        )
-    mode = "L" if modes == {"L"} else "RGB"
-
-    train_x = uint8_to_unit(_decode(train.samples, mode, image_size, "imagefolder train"))
-    test_x = uint8_to_unit(_decode(test.samples, mode, image_size, "imagefolder test"))
+    train_x = uint8_to_unit(_decode(train.samples, mode, size, "imagefolder train"))
+    test_x = uint8_to_unit(_decode(test.samples, mode, size, "imagefolder test"))
     return normalised_dataset(
         "imagefolder",
         train_x,
@@ -82,5 +85,5 @@ def load_imagefolder(root: Path, image_size: int | None = None) -> ImageDataset:
         test_x,
         torch.tensor(test.targets, dtype=torch.int64),
         tuple(train.classes),
-        *neutral_stats(train_x.shape[1]),
+        *neutral_stats(channels),
     )

@@ -30,9 +30,16 @@ def fit_square(img: Image.Image, size: int) -> Image.Image:
 
 
 def pil_to_uint8(img: Image.Image, mode: str, size: int | None = None) -> torch.Tensor:
-    """Decode a PIL image to a ``(C, H, W)`` uint8 tensor in ``mode`` ("RGB" or "L")."""
+    """Decode a PIL image to a ``(C, H, W)`` uint8 tensor in ``mode`` ("RGB" or "L").
+
+    Any PIL mode is accepted: the few with no direct conversion (e.g. "LAB" to "L") go
+    through RGB, so one unusual file cannot stop a run.
+    """
     if img.mode != mode:
-        img = img.convert(mode)
+        try:
+            img = img.convert(mode)
+        except ValueError:  # no direct converter for this pair
+            img = img.convert("RGB").convert(mode)
     if size is not None:
         img = fit_square(img, size)
     pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)

@@ -20,6 +20,8 @@ from typing import Any, ClassVar, Optional, Protocol
 
 import torch
 
+from dpgd.counts import ClassCounts
+from dpgd.privacy.randomness import NoiseSource
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.privacy import ComponentRequest, SubsampledGaussian
@@ -133,9 +135,15 @@ class PoolGenerator(ABC):
 
     @abstractmethod
     def fit_and_sample(
-        self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device
+        self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device,
+        *, noise: NoiseSource, counts: ClassCounts,
     ) -> Pool:
-        """Fit on ``dataset`` with noise ``noise_multiplier`` and sample the pool."""
+        """Fit on ``dataset`` with noise ``noise_multiplier`` and sample the pool.
+
+        Noise and Poisson masks of the DP release come from ``noise`` (secret per run);
+        ``seed`` drives only public randomness (initial weights, latents, sampling the
+        pool). Any class count comes from ``counts`` (the run's noisy histogram).
+        """
 
 
 def check_multiplier(name: str, noise_multiplier: float | None) -> float:

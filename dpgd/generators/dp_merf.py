@@ -6,19 +6,22 @@ frequencies, ``x`` the flattened normalised image and the rows of ``W`` drawn fr
 ``N(0, I / l^2)``, ``l = bandwidth * sqrt(pixels)``. Then ``E[phi(x).phi(y)] =
 exp(-||x - y||^2 / (2 l^2))`` (Rahimi & Recht) and, for every x,
 ``||phi(x)||^2 = (1/F) sum_j (cos^2 + sin^2) = 1``: the norm is exactly 1, no clipping.
-``W`` is drawn from the run seed alone, never from data.
+``W`` is drawn from the public run seed alone, never from data.
 
 Release. ``M = sum_i phi(x_i) onehot(y_i)^T`` (D x K): column c sums phi over class c.
 Adding or removing one record (x, y) changes column y by +-phi(x) and nothing else, so
 ``||M - M'||_F = ||phi(x)||_2 = 1``: L2 sensitivity 1. We release ``M + N(0, sigma^2 I)``,
 sigma = noise_multiplier x 1, ONCE: ``SubsampledGaussian(sample_rate=1, steps=1)``.
 
-Counts. Class counts ``N_c`` are treated as public (as the feature matcher does; see
-``dpgd.matching.PUBLIC_ASSUMPTIONS``) and the target of class c is the noisy column
-divided by ``N_c``. The alternative, appending ``onehot(y)`` to every record's feature to
-release noisy counts in the same vector, would make one record's contribution
-``[phi(x); e_y]`` of norm sqrt(2): sensitivity sqrt(2), i.e. 2x the noise variance. We do
-not do that.
+Counts. The target of class c is the noisy column divided by the run's released class
+count (the noisy histogram of :mod:`dpgd.counts`, released once for every stage). The
+alternative, appending ``onehot(y)`` to every record's feature to release noisy counts in
+the same vector, would make one record's contribution ``[phi(x); e_y]`` of norm sqrt(2):
+sensitivity sqrt(2), i.e. 2x the noise variance of the main release.
+
+Randomness. The noise comes from the run's secret :class:`NoiseSource`; the frequencies
+``W``, the generator's initial weights and latents from the public seed (the guarantee
+holds for any fixed ``W``).
 
 Everything after the release (fitting the generator, sampling) reads only the noisy matrix
 and public constants: post-processing, no further privacy cost. The clean sums are
@@ -33,6 +36,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from dpgd.counts import ClassCounts
+from dpgd.privacy.randomness import NoiseSource
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.generators.base import PoolGenerator, Pool, PrivacyNeed, check_multiplier, from_tanh_space
@@ -43,7 +48,7 @@ from dpgd.seeding import derive_seed, stage_generator
 SENSITIVITY = 1.0
 SENSITIVITY_TEXT = (
     "one record adds +-phi(x) to one class column of the D x K random-feature sum; "
-    "||phi(x)||_2 = 1, so L2 sensitivity 1 (class counts public)"
+    "||phi(x)||_2 = 1, so L2 sensitivity 1"
 )
 # Records embedded per matrix product when summing features (memory, not results).
 EMBED_BATCH = 1024
@@ -99,7 +104,7 @@ def release_embedding(sums: torch.Tensor, noise_multiplier: float, generator: to
 
 
 class DpMerf(PoolGenerator):
-    """DP-MERF with public class counts; a conditional conv decoder as the generator."""
+    """DP-MERF normalised by the run's noisy class counts; a conditional conv decoder as the generator."""
 
     name = "dp_merf"
 
@@ -107,7 +112,8 @@ class DpMerf(PoolGenerator):
         return PrivacyNeed(sample_rate=1.0, steps=1, sensitivity=SENSITIVITY_TEXT)
 
     def fit_and_sample(
-        self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device
+        self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device,
+        *, noise: NoiseSource, counts: ClassCounts,
     ) -> Pool:
         opts = self.cfg.dp_merf
         sigma = check_multiplier(self.name, noise_multiplier)
@@ -127,10 +133,10 @@ class DpMerf(PoolGenerator):
 
         # --- the one DP release -----------------------------------------------------
         sums = class_feature_sums(features, dataset.train_images, dataset.train_labels, num_classes, device)
-        noisy = release_embedding(sums, sigma, stage_generator(seed, "generator", "dp_merf", "noise"))
+        noisy = release_embedding(sums, sigma, noise.generator("generator", "dp_merf", "noise"))
         del sums  # the same tensor, now noisy: nothing clean remains
-        counts = dataset.class_counts().to(device).clamp(min=1).float()  # public (see docstring)
-        targets = (noisy / counts).T.contiguous()  # (K, D)
+        # Divided by the run's released (noisy) class counts: post-processing.
+        targets = (noisy / counts.values.to(device)[None, :]).T.contiguous()  # (K, D)
         release_seconds = time.perf_counter() - started
 
         # --- post-processing: fit a generator to the released embedding ----------------

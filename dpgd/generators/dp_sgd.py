@@ -29,6 +29,8 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from tqdm.auto import tqdm
 
+from dpgd.counts import ClassCounts
+from dpgd.privacy.randomness import NoiseSource
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.generators.base import PoolGenerator, Pool, PrivacyNeed, check_multiplier, to_tanh_space
@@ -93,7 +95,8 @@ class DpSgdVae(PoolGenerator):
         return PrivacyNeed(sample_rate=float(opts.sample_rate), steps=dp_sgd_steps(opts), sensitivity=SENSITIVITY_TEXT)
 
     def fit_and_sample(
-        self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device
+        self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device,
+        *, noise: NoiseSource, counts: ClassCounts,
     ) -> Pool:
         opts = self.cfg.dp_sgd
         sigma = check_multiplier(self.name, noise_multiplier)
@@ -106,18 +109,19 @@ class DpSgdVae(PoolGenerator):
         with seeded_cpu_rng(derive_seed(seed, "generator", "dp_sgd", "init")):
             vae = ConditionalVAE(latent_dim, dataset.num_classes, dataset.channels, dataset.image_size, int(opts.width))
         model = GradSampleModule(vae.to(device), batch_first=True, loss_reduction="mean")
-        expected_batch = max(1, int(round(need.sample_rate * dataset.num_train)))
+        # The expected batch q*N normalises the noisy gradient sum: N is the released (noisy) total.
+        expected_batch = max(1, int(round(need.sample_rate * counts.total)))
         optimizer = DPOptimizer(
             torch.optim.Adam(model.parameters(), lr=float(opts.lr)),
             noise_multiplier=sigma,
             max_grad_norm=clip,
             expected_batch_size=expected_batch,
             loss_reduction="mean",
-            generator=stage_generator(seed, "generator", "dp_sgd", "noise", device=device),
+            generator=noise.generator("generator", "dp_sgd", "noise", device=device),
         )
         images = to_tanh_space(dataset.train_images, dataset.mean, dataset.std).to(device)
         labels = dataset.train_labels.to(device)
-        sampling = stage_generator(seed, "generator", "dp_sgd", "sampling")
+        sampling = noise.generator("generator", "dp_sgd", "sampling")  # secret Poisson masks
         latent = stage_generator(seed, "generator", "dp_sgd", "latent")
         model.train()
         bar = tqdm(range(need.steps), desc="dp_sgd fit", disable=not self.progress, leave=False, dynamic_ncols=True)
@@ -140,8 +144,6 @@ class DpSgdVae(PoolGenerator):
                     # opacus's hooks fire on outputs because the (private) inputs need no grad: expected.
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     loss.backward()
-                if step % 20 == 0:  # on the terminal only: a loss of private records, not a DP output
-                    bar.set_postfix(loss=f"{loss.item():.2f}")
             optimizer.step()
         fit_seconds = time.perf_counter() - started
         optimizer.zero_grad(set_to_none=True)
@@ -157,8 +159,6 @@ class DpSgdVae(PoolGenerator):
                 "fit_seconds": round(fit_seconds, 3),
                 "sample_seconds": round(time.perf_counter() - started - fit_seconds, 3),
                 "steps": need.steps,
-                "expected_batch_size": expected_batch,
-                "empty_batches": empty_batches,
                 "non_private": noise_multiplier is None,
             },
         )

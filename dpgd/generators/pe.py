@@ -28,6 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from dpgd.config import ModelConfig
+from dpgd.counts import ClassCounts
+from dpgd.privacy.randomness import NoiseSource
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.generators.base import PoolGenerator, Pool, PrivacyNeed, check_multiplier
@@ -117,8 +119,10 @@ class PrivateEvolution(PoolGenerator):
         return build_source(self.cfg.pe, dataset, device)
 
     def fit_and_sample(
-        self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device
+        self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device,
+        *, noise: NoiseSource, counts: ClassCounts,
     ) -> Pool:
+        del counts  # PE needs no class count
         opts = self.cfg.pe
         sigma = check_multiplier(self.name, noise_multiplier)
         need = self.privacy_request()
@@ -136,7 +140,7 @@ class PrivateEvolution(PoolGenerator):
         private = [embed(dataset.train_images[dataset.train_labels == c]) for c in range(num_classes)]
         random_gen = stage_generator(seed, "generator", "pe", "random")
         candidates = [source.random_api(population, c, random_gen).cpu() for c in range(num_classes)]
-        noise_gen = stage_generator(seed, "generator", "pe", "noise")
+        noise_gen = noise.generator("generator", "pe", "noise")
         select_gen = stage_generator(seed, "generator", "pe", "select")
         vary_gen = stage_generator(seed, "generator", "pe", "variation")
         rounds_info = []

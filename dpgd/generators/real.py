@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from dpgd.counts import ClassCounts
+from dpgd.privacy.randomness import NoiseSource
 from dpgd.data import ImageDataset
 from dpgd.generators.base import Pool, PoolGenerator, PrivacyNeed
 
@@ -26,9 +28,10 @@ class RealPool(PoolGenerator):
         return None
 
     def fit_and_sample(
-        self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device
+        self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device,
+        *, noise: NoiseSource, counts: ClassCounts,
     ) -> Pool:
-        del noise_multiplier, seed, device
+        del noise_multiplier, seed, device, noise, counts
         return Pool(
             dataset.train_images.clone(), dataset.train_labels.clone(), (), synthetic=False,
             info={"fit_seconds": 0.0, "non_private": True},

@@ -21,14 +21,18 @@ import torch
 from omegaconf import DictConfig
 
 from dpgd.config import ModelConfig
-from dpgd.data import ImageDataset, dataset_fingerprint
+from dpgd.counts import ClassCounts
+from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.evaluation import test_accuracy, train_classifier
 from dpgd.generators.base import Pool
-from dpgd.generators.cache import cache_key, cache_path, load_pool, resolve_cache_dir, save_pool
+from dpgd.generators.cache import (
+    cache_key, cache_path, keyed_fingerprint, load_pool, local_secret, resolve_cache_dir, save_pool,
+)
 from dpgd.generators.registry import build_generator
 from dpgd.models import seeded_model
 from dpgd.privacy import PrivacyLedger
+from dpgd.privacy.randomness import NoiseSource
 from dpgd.seeding import derive_seed, stage_generator
 
 log = logging.getLogger("dpgd")
@@ -51,6 +55,9 @@ def generate_pool(
     ledger: PrivacyLedger,
     device: torch.device,
     progress: bool = True,
+    *,
+    noise: NoiseSource,
+    counts: ClassCounts,
 ) -> Pool | None:
     """The run's pool (None for ``generator=none``), its mechanisms declared to ``ledger``.
 
@@ -84,31 +91,36 @@ def generate_pool(
     use_cache = bool(gen_cfg.cache) and generator.cacheable
     path = key = None
     if use_cache:
-        key = cache_key(dataset_fingerprint(dataset), gen_cfg, noise_multiplier, int(cfg.seed))
-        path = cache_path(resolve_cache_dir(gen_cfg.cache_dir), key)
+        # The key holds a keyed hash of the data (never logged: see dpgd.generators.cache) and
+        # the noise mode, so a pool made with reproducible noise never serves a secret-noise run.
+        cache_dir = resolve_cache_dir(gen_cfg.cache_dir)
+        key = cache_key(gen_cfg, noise_multiplier, int(cfg.seed),
+                        fingerprint=keyed_fingerprint(dataset, local_secret(cache_dir)), noise_mode=noise.mode)
+        path = cache_path(cache_dir, key)
         cached = load_pool(path, key)
         if cached is not None and cached.mechanisms == mechanisms:
+            # The same noisy release as the run that fitted it: same release id, so a sweep
+            # over runs sharing this pool composes it once.
             for mechanism in cached.mechanisms:
-                ledger.declare(mechanism)
+                ledger.declare(mechanism, cached.info.get("release_id"))
             cached.info["cache_hit"] = True
-            cached.info["cache_file"] = str(path)
-            log.info("generator %s: reusing the cached pool %s (%d images)", name, path, len(cached))
+            log.info("generator %s: reusing a cached pool", name)
             return cached
         if cached is not None:
-            log.warning("generator %s: cached pool %s records other mechanisms; refitting", name, path)
+            log.warning("generator %s: a cached pool records other mechanisms; refitting", name)
 
     for mechanism in mechanisms:
         ledger.declare(mechanism)
     log.info("generator %s: fitting (noise multiplier %s)", name, noise_multiplier)
-    pool = generator.fit_and_sample(dataset, noise_multiplier, int(cfg.seed), device)
+    pool = generator.fit_and_sample(dataset, noise_multiplier, int(cfg.seed), device, noise=noise, counts=counts)
     if pool.mechanisms != mechanisms:
         raise RuntimeError(
             f"privacy bug: generator {name} ran {pool.mechanisms} but declared {mechanisms}"
         )
     pool.info["cache_hit"] = False
+    pool.info["release_id"] = ledger.release_id
     if use_cache and path is not None and key is not None:
         save_pool(path, pool, key)
-        pool.info["cache_file"] = str(path)
     return pool
 
 

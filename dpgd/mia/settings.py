@@ -45,3 +45,7 @@ class MiaConfig:
     # than in the full-size release, so the attack is if anything stronger); true =
     # members plus every train record outside the population (the release's scale).
     include_rest: bool = False
+    # The attack's numbers are computed from private records and their membership, without
+    # noise: they go to private/mia.json only. true also sends them to W&B (only for a
+    # W&B project you keep private).
+    log_to_wandb: bool = False

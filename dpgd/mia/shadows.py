@@ -193,7 +193,8 @@ def run_shadow(context: ShadowContext, run: int, membership: torch.Tensor) -> Sh
     device = torch.device(context.device)
     private = member_dataset(context, membership)
     # A throwaway ledger: shadow runs are evaluation, not release; the target's ledger is untouched.
-    distilled = distill(cfg, private, context.plan, PrivacyLedger(), device, progress=False)
+    # Fresh secret noise per run (unless reproducible_noise), as each real release draws.
+    distilled = distill(cfg, private, context.plan, PrivacyLedger(), device, progress=False).distilled
     images, labels = distilled.expanded()
     ds = context.dataset
     query_images = ds.train_images[context.population]

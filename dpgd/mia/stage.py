@@ -8,10 +8,10 @@ can be told from those networks (LiRA, or a global loss threshold).
 
 Privacy accounting: the attack is evaluation, not release. Shadow runs declare their
 mechanisms to their own throwaway ledgers, so the target run's ledger and its reported
-epsilon are unchanged. The attack's own outputs (``results.json["mia"]``, ``mia_roc.png``)
-are computed from the private records and their membership and are NOT covered by the
-release's guarantee: they hold only scores and rates, never images, but they are for the
-data owner, not for publication with the distilled set.
+epsilon are unchanged. The attack's own outputs (``private/mia.json``, ``mia_roc.png``,
+``mia_shadows/``) are computed from the private records and their membership and are NOT
+covered by the release's guarantee: they hold only scores and rates, never images, and
+stay in the run's ``private/`` folder; they reach W&B only with ``mia.log_to_wandb=true``.
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def run_attack(
                              time.perf_counter() - started)
     title = f"{mia.name} on {cfg.method} (eps={cfg.epsilon}), {results['scored_pairs']} scored pairs"
     figure = plot_roc(curves, output_dir / ROC_FILE, title)
-    log_attack(tracker, results, curves, figure)
+    if mia.log_to_wandb:  # not DP: only when the user asks (mia.log_to_wandb=true)
+        log_attack(tracker, results, curves, figure)
     log.info("mia: %s AUC %.3f, TPR %.3f at 0.1%% FPR, %.3f at 1%% FPR (%d runs, %.0f s)", headline,
              results["auc"], results["tpr_at_0.1pct_fpr"], results["tpr_at_1pct_fpr"], runs, results["seconds"])
     return results

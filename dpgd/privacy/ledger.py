@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
@@ -17,7 +18,8 @@ from dpgd.privacy.mechanisms import SubsampledGaussian
 
 ADJACENCY = "add/remove one record"
 _FORMAT = "dpgd.privacy_ledger"
-_VERSION = 1
+_VERSION = 2  # 2: every record carries its release_id
+_READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -43,20 +45,44 @@ class PrivacyReport:
         return asdict(self)
 
 
-class PrivacyLedger:
-    """Collects :class:`SubsampledGaussian` records as a run executes them."""
+def new_release_id() -> str:
+    """A random id naming one release (one run's noise draws), for composing sweeps."""
+    return secrets.token_hex(8)
 
-    def __init__(self, mechanisms: Iterable[SubsampledGaussian] = ()) -> None:
+
+class PrivacyLedger:
+    """Collects :class:`SubsampledGaussian` records as a run executes them.
+
+    Each record carries the id of the release whose noise it drew: the ledger's own
+    ``release_id`` (one per run), or that of an earlier run whose output is reused (a cached
+    pool). A report over several runs composes each distinct (release id, record) once:
+    reusing one noisy output twice is one release, while independent runs, drawing
+    independent secret noise, compose by the accountant.
+    """
+
+    def __init__(self, mechanisms: Iterable[SubsampledGaussian] = (), release_id: str | None = None) -> None:
+        self.release_id = release_id or new_release_id()
         self._mechanisms: list[SubsampledGaussian] = []
+        self._releases: list[str] = []
         for m in mechanisms:
             self.declare(m)
 
-    def declare(self, mechanism: SubsampledGaussian) -> SubsampledGaussian:
-        """Record one executed mechanism (validated on construction of the record)."""
+    def declare(self, mechanism: SubsampledGaussian, release_id: str | None = None) -> SubsampledGaussian:
+        """Record one executed mechanism (validated on construction of the record).
+
+        ``release_id`` names the release the record belongs to when it is not this run's
+        (an output reused from another run); default: this ledger's ``release_id``.
+        """
         if not isinstance(mechanism, SubsampledGaussian):
             raise TypeError(f"declare() takes a SubsampledGaussian, got {type(mechanism).__name__}")
         self._mechanisms.append(mechanism)
+        self._releases.append(str(release_id or self.release_id))
         return mechanism
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Every record as a dict with its ``release_id``."""
+        return [m.to_dict() | {"release_id": r} for m, r in zip(self._mechanisms, self._releases)]
 
     @property
     def mechanisms(self) -> tuple[SubsampledGaussian, ...]:
@@ -79,7 +105,7 @@ class PrivacyLedger:
         delta = float(delta)
         if not (0 < delta < 1):
             raise ConfigError(f"delta must be in (0, 1), got {delta!r}")
-        records = [m.to_dict() for m in self._mechanisms]
+        records = self.records
         if not self._mechanisms:
             return PrivacyReport(0.0, 0.0, delta, "prv", 0.0, records)
         eps_rdp = analysis.rdp_epsilon(self._mechanisms, delta)
@@ -107,12 +133,13 @@ class PrivacyLedger:
             "format": _FORMAT,
             "version": _VERSION,
             "adjacency": ADJACENCY,
-            "mechanisms": [m.to_dict() for m in self._mechanisms],
+            "release_id": self.release_id,
+            "mechanisms": self.records,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PrivacyLedger":
-        if data.get("format", _FORMAT) != _FORMAT or data.get("version", _VERSION) != _VERSION:
+        if data.get("format", _FORMAT) != _FORMAT or data.get("version", _VERSION) not in _READABLE_VERSIONS:
             raise ConfigError(
                 f"not a version-{_VERSION} privacy ledger: format={data.get('format')!r}, "
                 f"version={data.get('version')!r}"
@@ -123,7 +150,11 @@ class PrivacyLedger:
             )
         if "mechanisms" not in data:
             raise ConfigError("privacy ledger has no 'mechanisms' list")
-        return cls(SubsampledGaussian.from_dict(d) for d in data["mechanisms"])
+        ledger = cls(release_id=data.get("release_id"))
+        for record in data["mechanisms"]:
+            mechanism, release_id = split_record(record)
+            ledger.declare(mechanism, release_id)
+        return ledger
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Write the ledger atomically (a crash never leaves a half-written ledger)."""
@@ -138,3 +169,10 @@ class PrivacyLedger:
     def load_json(cls, path: str | os.PathLike) -> "PrivacyLedger":
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
+
+
+def split_record(record: Mapping[str, Any]) -> tuple[SubsampledGaussian, str | None]:
+    """A report's mechanism dict -> (record, its release id or None for older files)."""
+    data = dict(record)
+    release_id = data.pop("release_id", None)
+    return SubsampledGaussian.from_dict(data), release_id
