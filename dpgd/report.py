@@ -9,14 +9,19 @@ same accountant as a single run, so users see the cost of picking the best.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from dpgd.privacy import PrivacyLedger, SubsampledGaussian
-from dpgd.results import DISTILLED_FILE, LEDGER_FILE, RESULTS_FILE, load_distilled, read_results
+from dpgd.privacy import PrivacyLedger
+from dpgd.privacy.ledger import split_record
+from dpgd.results import (
+    DIAGNOSTICS_FILE, DISTILLED_FILE, LEDGER_FILE, MIA_FILE, RELEASE_DIR, RESULTS_FILE, load_distilled, private_dir, read_results,
+    release_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,16 @@ class RunRecord:
     def epsilon(self) -> float:
         return float(self.results["epsilon_target"])
 
+    @property
+    def mia(self) -> dict[str, Any] | None:
+        """The attack's results from the run's ``private/mia.json`` (never in the release)."""
+        folder = self.folder.parent if self.folder.name == RELEASE_DIR else self.folder
+        path = private_dir(folder) / MIA_FILE
+        if path.is_file():
+            return json.loads(path.read_text())
+        legacy = self.results.get("mia")  # runs written before the release/private split
+        return legacy if isinstance(legacy, dict) else None
+
 
 @dataclass(frozen=True)
 class Row:
@@ -46,7 +61,10 @@ class Row:
 
 
 def find_runs(folder: Path) -> list[RunRecord]:
-    """Every finished run (a ``results.json``) under ``folder``, in a stable order."""
+    """Every finished run (a ``results.json``) under ``folder``, in a stable order.
+
+    A record's ``folder`` is the folder holding its ``results.json`` (the run's ``release/``).
+    """
     return [RunRecord(path.parent, read_results(path)) for path in sorted(Path(folder).rglob(RESULTS_FILE))]
 
 
@@ -57,12 +75,18 @@ def finished_results(folder: Path, resolved_config: dict[str, Any]) -> dict[str,
     with the same resolved config, so changing a setting or a config default reruns it (a
     code change that leaves the config alone does not: clear the folder then).
     """
-    folder = Path(folder)
+    folder = release_dir(Path(folder))
     if not (folder / RESULTS_FILE).exists() or not (folder / DISTILLED_FILE).exists():
         return None
     if load_distilled(folder).config != resolved_config:
         return None
     return read_results(folder)
+
+
+def read_diagnostics(run_dir: Path) -> dict[str, Any]:
+    """A run's private ``diagnostics.json`` (timings, memory), or {} when absent."""
+    path = private_dir(Path(run_dir)) / DIAGNOSTICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def aggregate(runs: Iterable[RunRecord]) -> list[Row]:
@@ -145,8 +169,11 @@ def plot_accuracy(rows: list[Row], path: Path) -> None:
 
 
 def plot_roc_overlay(runs: list[RunRecord], path: Path) -> bool:
-    """Overlay the MIA ROC curves stored in the runs' ``results.json``; False if none has one."""
-    curves = [(run, run.results["mia"]) for run in runs if isinstance(run.results.get("mia"), dict) and run.results["mia"].get("roc")]
+    """Overlay the MIA ROC curves of the runs' ``private/mia.json``; False if none has one.
+
+    The plot is the data owner's (attack results are not DP): keep it out of a release.
+    """
+    curves = [(run, run.mia) for run in runs if run.mia is not None and run.mia.get("roc")]
     if not curves:
         return False
     import matplotlib
@@ -175,33 +202,55 @@ def plot_roc_overlay(runs: list[RunRecord], path: Path) -> bool:
 def composed_privacy(runs: list[RunRecord]) -> dict[str, dict[str, Any]]:
     """Per data set: the epsilon of releasing (or choosing among) all its runs together.
 
-    Reads each run's ``privacy_ledger.json`` (falling back to ``results.json["privacy"]``)
-    and composes every mechanism with the ledger's accountant at the smallest delta used.
-    Any non-private run makes the composition infinite.
+    Reads each run's ``privacy_ledger.json`` (falling back to ``results.json["privacy"]``).
+    Every record carries the id of the release whose noise it drew: a record reused by
+    several runs (a cached pool) is one release and is counted once; the rest are
+    independent releases (each run draws its own secret noise) and are composed by the
+    ledger's accountant at the smallest delta used. A non-private run, or one whose noise
+    came from the public seed (``reproducible_noise=true``: not DP, and sweeps of such runs
+    share noise), makes the composition infinite.
     """
     by_dataset: dict[str, list[RunRecord]] = {}
     for run in runs:
         by_dataset.setdefault(str(run.results["dataset"]), []).append(run)
     out = {}
     for dataset, members in by_dataset.items():
-        mechanisms: list[SubsampledGaussian] = []
-        non_private = False
+        seen: set[tuple[str, str]] = set()
+        ledger = PrivacyLedger()
+        notes = []
         deltas = []
+        duplicates = 0
         for run in members:
             ledger_path = run.folder / LEDGER_FILE
             privacy = read_results(ledger_path) if ledger_path.exists() else run.results["privacy"]
             deltas.append(float(run.results["delta"]))
             if not math.isfinite(float(privacy["epsilon"])):
-                non_private = True
+                notes.append("includes non-private runs")
                 continue
-            mechanisms.extend(SubsampledGaussian.from_dict(m) for m in privacy["mechanisms"])
+            if privacy.get("dp") is False:
+                notes.append("includes runs with reproducible (public-seed) noise: not DP")
+                continue
+            for record in privacy["mechanisms"]:
+                mechanism, release_id = split_record(record)
+                # Older files carry no release id: each run's records are then their own release.
+                release_id = release_id or f"run:{run.folder}"
+                identity = (release_id, json.dumps(mechanism.to_dict(), sort_keys=True))
+                if identity in seen:
+                    duplicates += 1
+                    continue
+                seen.add(identity)
+                ledger.declare(mechanism, release_id)
         # The accountant composes the mechanisms themselves, so the joint release is
         # (epsilon, delta)-DP at any delta we ask for; we ask at the runs' own delta.
         delta = min(deltas)
-        if non_private:
-            out[dataset] = {"runs": len(members), "epsilon": math.inf, "delta": delta, "note": "includes non-private runs"}
+        releases = len({release for release, _ in seen})
+        if notes:
+            out[dataset] = {"runs": len(members), "epsilon": math.inf, "delta": delta,
+                            "note": "; ".join(sorted(set(notes)))}
             continue
-        report = PrivacyLedger(mechanisms).report(delta)
-        out[dataset] = {"runs": len(members), "epsilon": report.epsilon, "epsilon_rdp": report.epsilon_rdp,
-                        "delta": report.delta, "accountant": report.accountant}
+        report = ledger.report(delta)
+        out[dataset] = {"runs": len(members), "releases": releases, "shared_records_counted_once": duplicates,
+                        "epsilon": report.epsilon, "epsilon_rdp": report.epsilon_rdp,
+                        "delta": report.delta, "accountant": report.accountant,
+                        "composition": "distinct releases once; independent releases composed by the accountant"}
     return out

@@ -30,7 +30,9 @@ from PIL import Image
 from dpgd.config import DatasetConfig, GeneratorConfig, ModelConfig
 from dpgd.data import ImageDataset, load_dataset
 from dpgd.generators import build_generator, pool_report
+from dpgd.counts import release_class_counts
 from dpgd.privacy import plan_budget
+from dpgd.privacy.randomness import NoiseSource
 
 CIFAR10_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
 
@@ -59,7 +61,7 @@ def load(name: str, cifar_root: str) -> ImageDataset:
     if name == "digits":
         return load_dataset(DatasetConfig(name="digits"))
     if name == "cifar10-mini":
-        return load_dataset(DatasetConfig(name="imagefolder", root=cifar_root))
+        return load_dataset(DatasetConfig(name="imagefolder", root=cifar_root, image_size=32))
     return load_dataset(DatasetConfig(name=name))
 
 
@@ -111,7 +113,10 @@ def main() -> None:
                     sigma = plan.for_component("generator")
                     generator = build_generator(cfg, progress=sys.stderr.isatty())
                     started = time.perf_counter()
-                    pool = generator.fit_and_sample(dataset, sigma, args.seed, device)
+                    # A benchmark of the generator alone: secret noise, exact counts (operator's data).
+                    counts = release_class_counts(dataset.train_labels, dataset.num_classes, None, torch.Generator())
+                    pool = generator.fit_and_sample(dataset, sigma, args.seed, device, noise=NoiseSource.secret(),
+                                                    counts=counts)
                     seconds = time.perf_counter() - started
                     report = pool_report(pool, dataset, report_model, device, args.seed, epochs=args.report_epochs)
                     row = (data_name, gen_name, epsilon, sigma, need.sample_rate, need.steps, seconds,

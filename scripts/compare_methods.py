@@ -26,7 +26,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from dpgd.config import register_configs
-from dpgd.report import RunRecord, aggregate, finished_results, markdown_table
+from dpgd.report import RunRecord, aggregate, finished_results, markdown_table, read_diagnostics
+from dpgd.results import release_dir
 from dpgd.train import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def run_or_reuse(overrides: list[str], folder: Path) -> tuple[dict[str, Any], fl
         cfg = compose(config_name="train", overrides=overrides)
     results = finished_results(folder, OmegaConf.to_container(cfg, resolve=True))
     if results is not None:
-        return results, sum(results["timings_s"].values()), True
+        return results, sum(read_diagnostics(folder).get("timings_s", {}).values()), True
     started = time.perf_counter()
     results = run(cfg, folder).results
     return results, time.perf_counter() - started, False
@@ -84,10 +85,11 @@ def main() -> None:
                              "logger=none", f"method={method}", *args.set]
                 folder = args.out / f"{method}_eps{epsilon:g}_seed{seed}"
                 results, seconds, reused = run_or_reuse(overrides, folder)
-                records.append(RunRecord(folder, results))
+                records.append(RunRecord(release_dir(folder), results))
                 runs_json.append({"method": method, "epsilon_target": epsilon, "seed": seed, "seconds": seconds,
                                   "test_acc_mean": results["test_acc_mean"], "epsilon_spent": results["privacy"]["epsilon"],
-                                  "timings_s": results["timings_s"], "stages": results.get("stages", {})})
+                                  "timings_s": read_diagnostics(folder).get("timings_s", {}),
+                                  "stages": results.get("stages", {})})
                 print(f"{method:18s} eps={epsilon:<5g} seed={seed}: {results['test_acc_mean']:6.2f} % "
                       f"(eps spent {results['privacy']['epsilon']:.3g}, {seconds:.0f} s{', reused' if reused else ''})",
                       flush=True)

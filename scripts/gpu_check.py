@@ -8,7 +8,7 @@ classes: a per-class colour, stripe orientation and frequency, plus pixel noise,
 accuracy is above chance but meaningless as a benchmark; nothing is downloaded), then runs
 ``experiment=paper_cifar10`` on it with ``dataset=imagefolder`` and shortened sizes (below,
 all overridable with ``--set``), and prints the seconds of every stage (results.json
-``timings_s``), the peak GPU memory and matching iterations per second (timed around the
+``private/diagnostics.json`` timings), the peak GPU memory and matching iterations per second (timed around the
 matching loop itself, without extractor training). Exits with status 2 and a message when
 CUDA is absent, unless ``--allow-cpu``.
 """
@@ -16,7 +16,6 @@ CUDA is absent, unless ``--allow-cpu``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -129,7 +128,7 @@ def main() -> int:
         started = time.perf_counter()
         result = run(cfg, out)
         total = time.perf_counter() - started
-        results = json.loads((result.output_dir / "results.json").read_text())
+        results = result.results | {key: result.diagnostics[key] for key in ("timings_s", "peak_memory_mb")}
 
     device = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(f"\ndevice: {device}   torch {torch.__version__}")
@@ -140,7 +139,7 @@ def main() -> int:
     print(f"| total | {total:.1f} |")
     if cuda:
         print(f"\npeak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB "
-              f"(results.json peak_memory_mb {results['peak_memory_mb']:.0f})")
+              f"(diagnostics peak_memory_mb {results['peak_memory_mb']:.0f})")
     else:
         print(f"\npeak memory (process RSS, CPU run): {results['peak_memory_mb']:.0f} MB")
     for stats in matching_stats:

@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     composed = composed_privacy(runs)
     lines = [table, "", "Composed privacy of all runs (releasing or choosing among them):", ""]
     for dataset, info in composed.items():
-        lines.append(f"- {dataset}: {info['runs']} runs, epsilon = {info['epsilon']:.4g} at delta = {info['delta']:.1e}")
+        if "note" in info:
+            lines.append(f"- {dataset}: {info['runs']} runs, epsilon = {info['epsilon']:.4g} ({info['note']})")
+            continue
+        lines.append(f"- {dataset}: {info['runs']} runs, {info['releases']} distinct releases composed as "
+                     f"independent, epsilon = {info['epsilon']:.4g} at delta = {info['delta']:.1e}")
     report = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(report)
     write_csv(rows, out / "summary.csv")
