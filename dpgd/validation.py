@@ -5,6 +5,7 @@ Each failure raises :class:`~dpgd.errors.ConfigError` with what is wrong and how
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,8 @@ from dpgd.initialisation import check_init
 
 if TYPE_CHECKING:
     from dpgd.counts import ClassCounts
+
+log = logging.getLogger("dpgd")
 
 NON_PRIVATE_ONLY = {
     ("init", "real"): "init=real copies private images into the release",
@@ -83,11 +86,16 @@ def check_counts(cfg: DictConfig, counts: "ClassCounts", class_names: tuple[str,
     index, smallest = counts.smallest()
     smallest_int = int(round(smallest))
     if cfg.ipc > smallest:
-        about = "about " if counts.noisy else ""
-        raise ConfigError(
-            f"ipc={cfg.ipc} is larger than class '{class_names[index]}', which has {about}{smallest_int} training "
-            f"images; use ipc<={max(1, smallest_int)}."
-        )
+        if counts.noisy:
+            # A private run never copies real images (init from noise or the DP pool), so a
+            # small class is not an error; the noisy count must not stop a run by chance.
+            log.warning("ipc=%d is larger than the released (noisy) count of class '%s', about %d images",
+                        cfg.ipc, class_names[index], smallest_int)
+        else:
+            raise ConfigError(
+                f"ipc={cfg.ipc} is larger than class '{class_names[index]}', which has {smallest_int} training "
+                f"images; use ipc<={max(1, smallest_int)}."
+            )
     if is_private(cfg):
         from dpgd.privacy import check_delta
 

@@ -7,7 +7,7 @@ Writes a 10-class, 32x32 RGB ImageFolder tree of PNGs into a temporary folder (s
 classes: a per-class colour, stripe orientation and frequency, plus pixel noise, so the
 accuracy is above chance but meaningless as a benchmark; nothing is downloaded), then runs
 ``experiment=paper_cifar10`` on it with ``dataset=imagefolder`` and shortened sizes (below,
-all overridable with ``--set``), and prints the seconds of every stage (results.json
+all overridable with ``--set``), and prints the seconds of every stage (the run's
 ``private/diagnostics.json`` timings), the peak GPU memory and matching iterations per second (timed around the
 matching loop itself, without extractor training). Exits with status 2 and a message when
 CUDA is absent, unless ``--allow-cpu``.
