@@ -62,3 +62,16 @@ def digits():
     from dpgd.data import load_dataset
 
     return load_dataset(DatasetConfig(name="digits"))
+
+
+@pytest.fixture(scope="session")
+def dp_inputs(digits):
+    """What a DP stage needs besides its data, for unit tests: noise from the public seed
+    (reproducible: NOT DP, fine in a test) and the exact digits counts."""
+    import torch
+
+    from dpgd.counts import release_class_counts
+    from dpgd.privacy.randomness import NoiseSource
+
+    counts = release_class_counts(digits.train_labels, digits.num_classes, None, torch.Generator())
+    return {"noise": NoiseSource.from_public_seed(0), "counts": counts}

@@ -88,7 +88,7 @@ def test_dp_merf_features_have_unit_norm() -> None:
     torch.testing.assert_close(phi.norm(dim=1), torch.ones(32))
 
 
-def test_dp_merf_release_noise_is_multiplier_times_sensitivity(digits, monkeypatch) -> None:
+def test_dp_merf_release_noise_is_multiplier_times_sensitivity(digits, monkeypatch, dp_inputs) -> None:
     seen = {}
     real_release = dp_merf.release_embedding
 
@@ -101,7 +101,7 @@ def test_dp_merf_release_noise_is_multiplier_times_sensitivity(digits, monkeypat
     monkeypatch.setattr(dp_merf, "release_embedding", spy)
     sigma = 2.0
     cfg = gen_cfg("dp_merf", dp_merf__num_features=2000, dp_merf__steps=3)
-    pool = build_generator(cfg, progress=False).fit_and_sample(digits, sigma, 0, CPU)
+    pool = build_generator(cfg, progress=False).fit_and_sample(digits, sigma, 0, CPU, **dp_inputs)
     assert seen["multiplier"] == sigma
     noise = (seen["noisy"] - seen["clean"]) / sigma  # 2000 x 10 entries
     assert abs(noise.std().item() / dp_merf.SENSITIVITY - 1.0) < 0.03
@@ -110,11 +110,11 @@ def test_dp_merf_release_noise_is_multiplier_times_sensitivity(digits, monkeypat
     assert pool.images.shape == (200, 1, 8, 8) and pool.labels.tolist() == sorted(pool.labels.tolist())
 
 
-def test_dp_merf_at_large_epsilon_trains_a_classifier(digits) -> None:
+def test_dp_merf_at_large_epsilon_trains_a_classifier(digits, dp_inputs) -> None:
     # Tiny multiplier (epsilon in the hundreds): the pool must carry the classes. With these
     # cheap settings 9 (generator seed, report seed) pairs measured 73.6-79.7%; chance is 10%.
     cfg = gen_cfg("dp_merf", pool_per_class=50, dp_merf__steps=150, dp_merf__batch_per_class=16)
-    pool = build_generator(cfg, progress=False).fit_and_sample(digits, 0.05, 0, CPU)
+    pool = build_generator(cfg, progress=False).fit_and_sample(digits, 0.05, 0, CPU, **dp_inputs)
     report = pool_report(pool, digits, ModelConfig(width=32), CPU, seed=0, epochs=20)
     assert report["pool_test_acc"] > 55.0
     assert report["grid"].shape == (100, 1, 8, 8) and report["grid_nrow"] == 10
@@ -124,11 +124,11 @@ def test_dp_merf_at_large_epsilon_trains_a_classifier(digits) -> None:
 # ------------------------------------------------------------------ DP-SGD
 
 
-def test_dp_sgd_fits_and_records_its_mechanism(digits) -> None:
+def test_dp_sgd_fits_and_records_its_mechanism(digits, dp_inputs) -> None:
     cfg = gen_cfg("dp_sgd", dp_sgd__sample_rate=0.1, dp_sgd__steps=6)
     generator = build_generator(cfg, progress=False)
     assert isinstance(generator, DpSgdVae)
-    pool = generator.fit_and_sample(digits, 1.5, 0, CPU)
+    pool = generator.fit_and_sample(digits, 1.5, 0, CPU, **dp_inputs)
     (mechanism,) = pool.mechanisms
     assert (mechanism.component, mechanism.noise_multiplier, mechanism.sample_rate, mechanism.steps) == (
         "generator", 1.5, 0.1, 6,
@@ -150,7 +150,7 @@ def test_pe_histogram_noise_matches_multiplier() -> None:
     assert selection_weights(torch.tensor([-1.0, -2.0]), threshold=2.0).tolist() == [1.0, 1.0]
 
 
-def test_pe_public_folder_fits_with_planned_noise(digits, public_folder, monkeypatch) -> None:
+def test_pe_public_folder_fits_with_planned_noise(digits, public_folder, monkeypatch, dp_inputs) -> None:
     seen = []
     real_release = pe.release_histogram
 
@@ -162,7 +162,7 @@ def test_pe_public_folder_fits_with_planned_noise(digits, public_folder, monkeyp
     monkeypatch.setattr(pe, "release_histogram", spy)
     sigma = 4.0
     cfg = gen_cfg("pe", pool_per_class=15, pe__public_root=str(public_folder), pe__rounds=3, pe__population=40)
-    pool = build_generator(cfg, progress=False).fit_and_sample(digits, sigma, 0, CPU)
+    pool = build_generator(cfg, progress=False).fit_and_sample(digits, sigma, 0, CPU, **dp_inputs)
     assert len(seen) == 3 and all(m == sigma for _, _, m in seen)
     for clean, _, _ in seen:  # every private record votes exactly once per round
         assert int(clean.sum()) == digits.num_train and clean.numel() == 10 * 40
@@ -172,20 +172,20 @@ def test_pe_public_folder_fits_with_planned_noise(digits, public_folder, monkeyp
     assert pool.images.shape == (150, 1, 8, 8) and torch.bincount(pool.labels).tolist() == [15] * 10
 
 
-def test_pe_reads_class_subfolders_and_refuses_a_missing_root(digits, public_folder, tmp_path) -> None:
+def test_pe_reads_class_subfolders_and_refuses_a_missing_root(digits, public_folder, tmp_path, dp_inputs) -> None:
     nested = tmp_path / "nested"
     for i, path in enumerate(sorted(public_folder.iterdir())[:20]):
         (nested / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
         (nested / f"c{i % 2}" / path.name).write_bytes(path.read_bytes())
     cfg = gen_cfg("pe", pool_per_class=4, pe__public_root=str(nested), pe__rounds=1, pe__population=8,
                   pe__embedding="pixels")
-    pool = build_generator(cfg, progress=False).fit_and_sample(digits, None, 0, CPU)
+    pool = build_generator(cfg, progress=False).fit_and_sample(digits, None, 0, CPU, **dp_inputs)
     assert pool.images.shape == (40, 1, 8, 8) and pool.mechanisms == ()
     with pytest.raises(ConfigError, match="public_root"):
-        build_generator(gen_cfg("pe"), progress=False).fit_and_sample(digits, 1.0, 0, CPU)
+        build_generator(gen_cfg("pe"), progress=False).fit_and_sample(digits, 1.0, 0, CPU, **dp_inputs)
 
 
-def test_pe_with_a_local_diffusers_model(digits, tmp_path) -> None:
+def test_pe_with_a_local_diffusers_model(digits, tmp_path, dp_inputs) -> None:
     diffusers = pytest.importorskip("diffusers", reason="optional extra: pip install 'dpgd[diffusers]'")
     unet = diffusers.UNet2DModel(
         sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
@@ -197,7 +197,7 @@ def test_pe_with_a_local_diffusers_model(digits, tmp_path) -> None:
     cfg = gen_cfg("pe", pool_per_class=3, pe__source="diffusers", pe__diffusers_path=str(tmp_path / "model"),
                   pe__rounds=2, pe__population=6, pe__diffusers_steps=5)
     generator = build_generator(cfg, progress=False)
-    pool = generator.fit_and_sample(digits, 2.0, 0, CPU)
+    pool = generator.fit_and_sample(digits, 2.0, 0, CPU, **dp_inputs)
     assert pool.images.shape == (30, 1, 8, 8) and torch.isfinite(pool.images).all()
     assert pool.mechanisms == (SubsampledGaussian("generator", 2.0, 1.0, 2, pe.SENSITIVITY_TEXT),)
     source = generator.build_source(digits, CPU)
@@ -205,13 +205,13 @@ def test_pe_with_a_local_diffusers_model(digits, tmp_path) -> None:
     torch.testing.assert_close(source.variation_api(images, 0.0, torch.Generator()), images)  # no step below t=0
     with pytest.raises(Exception, match="config.json"):
         build_generator(gen_cfg("pe", pe__source="diffusers", pe__diffusers_path=str(tmp_path)), False) \
-            .fit_and_sample(digits, 1.0, 0, CPU)
+            .fit_and_sample(digits, 1.0, 0, CPU, **dp_inputs)
 
 
 # ------------------------------------------------------------------ the stage
 
 
-def test_generate_pool_caches_and_still_accounts(digits, public_folder, tmp_path, monkeypatch) -> None:
+def test_generate_pool_caches_and_still_accounts(digits, public_folder, tmp_path, monkeypatch, dp_inputs) -> None:
     fits = []
     real_fit = PrivateEvolution.fit_and_sample
 
@@ -226,32 +226,32 @@ def test_generate_pool_caches_and_still_accounts(digits, public_folder, tmp_path
     expected = (SubsampledGaussian("generator", 3.0, 1.0, 2, pe.SENSITIVITY_TEXT),)
 
     first_ledger = PrivacyLedger()
-    first = generate_pool(cfg, digits, 3.0, first_ledger, CPU, progress=False)
+    first = generate_pool(cfg, digits, 3.0, first_ledger, CPU, progress=False, **dp_inputs)
     assert len(fits) == 1 and first_ledger.mechanisms == expected and not first.info["cache_hit"]
 
     second_ledger = PrivacyLedger()
-    second = generate_pool(cfg, digits, 3.0, second_ledger, CPU, progress=False)
+    second = generate_pool(cfg, digits, 3.0, second_ledger, CPU, progress=False, **dp_inputs)
     assert len(fits) == 1, "a cache hit must not refit"
     assert second.info["cache_hit"] and second_ledger.mechanisms == expected
     torch.testing.assert_close(second.images, first.images)
 
-    generate_pool(cfg, digits, 2.5, PrivacyLedger(), CPU, progress=False)  # another multiplier: another key
+    generate_pool(cfg, digits, 2.5, PrivacyLedger(), CPU, progress=False, **dp_inputs)  # another multiplier: another key
     assert len(fits) == 2
     cfg.generator.cache = False
-    generate_pool(cfg, digits, 3.0, PrivacyLedger(), CPU, progress=False)
+    generate_pool(cfg, digits, 3.0, PrivacyLedger(), CPU, progress=False, **dp_inputs)
     assert len(fits) == 3
 
 
-def test_generate_pool_guards(digits, tmp_path) -> None:
+def test_generate_pool_guards(digits, tmp_path, dp_inputs) -> None:
     ledger = PrivacyLedger()
-    assert generate_pool(run_cfg(gen_cfg("none")), digits, None, ledger, CPU) is None and len(ledger) == 0
+    assert generate_pool(run_cfg(gen_cfg("none")), digits, None, ledger, CPU, **dp_inputs) is None and len(ledger) == 0
     with pytest.raises(ConfigError, match="epsilon=inf"):
-        generate_pool(run_cfg(gen_cfg("real")), digits, None, ledger, CPU)
+        generate_pool(run_cfg(gen_cfg("real")), digits, None, ledger, CPU, **dp_inputs)
     with pytest.raises(ConfigError, match="budget.generator"):
-        generate_pool(run_cfg(gen_cfg("dp_merf")), digits, None, ledger, CPU)
+        generate_pool(run_cfg(gen_cfg("dp_merf")), digits, None, ledger, CPU, **dp_inputs)
     assert len(ledger) == 0
 
-    real = generate_pool(run_cfg(gen_cfg("real"), epsilon=math.inf), digits, None, ledger, CPU)
+    real = generate_pool(run_cfg(gen_cfg("real"), epsilon=math.inf), digits, None, ledger, CPU, **dp_inputs)
     assert real.images.shape == digits.train_images.shape and not real.synthetic and len(ledger) == 0
     report = pool_report(real, digits, ModelConfig(width=16), CPU, seed=0, epochs=0)
     assert report["grid"] is None and report["pool_test_acc"] is None  # private images are never logged

@@ -42,6 +42,12 @@ def test_noisy_sum_is_clean_sum_plus_one_noise_draw():
     assert torch.allclose(noisy, clean + expected_noise, atol=1e-5)
 
 
+def exact_counts(dataset):
+    from dpgd.counts import release_class_counts
+
+    return release_class_counts(dataset.train_labels, dataset.num_classes, None, torch.Generator())
+
+
 def test_each_iteration_draws_noise_exactly_once(monkeypatch):
     """Spy on the mechanism: one release per iteration, and the matcher keeps only its output."""
     from dpgd.config import DatasetConfig, MatcherConfig, ModelConfig
@@ -64,6 +70,7 @@ def test_each_iteration_draws_noise_exactly_once(monkeypatch):
     images, stats = matching.match(
         start.images, start.labels, dataset, cfg, extractors, 4.0,
         torch.Generator().manual_seed(0), torch.Generator().manual_seed(1), torch.device("cpu"), progress=False,
+        sampling_generator=torch.Generator().manual_seed(2), counts=exact_counts(dataset),
     )
     assert len(calls) == 5 and stats.iterations == 5
     assert not torch.equal(images, start.images)

@@ -256,7 +256,9 @@ def test_ledger_json_roundtrip_reproduces_report(tmp_path):
     report = ledger.report(DELTA)
     assert report.accountant == "prv" and report.delta == DELTA
     assert [r["component"] for r in report.mechanisms] == ["generator", "matcher", "matcher", "expert"]
-    assert set(report.mechanisms[0]) == {"component", "noise_multiplier", "sample_rate", "steps", "sensitivity"}
+    assert set(report.mechanisms[0]) == {"component", "noise_multiplier", "sample_rate", "steps", "sensitivity",
+                                         "release_id"}
+    assert {r["release_id"] for r in report.mechanisms} == {ledger.release_id} == {loaded.release_id}
 
 
 def test_empty_ledger_reports_zero():

@@ -25,6 +25,17 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
+def dp_inputs_for(dataset, sampling: bool = False) -> dict:
+    """Reproducible noise (public seed: fine in a unit test) and exact counts for a stage."""
+    from dpgd.counts import release_class_counts
+    from dpgd.privacy.randomness import NoiseSource
+
+    counts = release_class_counts(dataset.train_labels, dataset.num_classes, None, torch.Generator())
+    if sampling:
+        return {"sampling_generator": torch.Generator().manual_seed(2), "counts": counts}
+    return {"noise": NoiseSource.from_public_seed(0), "counts": counts}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_relative_schedule_shapes(kind):
     pieces = relative_schedule(kind, STEPS, ratio=3.0, phases=3, pieces=20)
@@ -104,11 +115,13 @@ def test_match_uses_and_logs_the_per_iteration_sigma(monkeypatch):
                                                torch.device("cpu"))
         matching.match(start.images, start.labels, dataset, cfg, extractors, spec, torch.Generator().manual_seed(0),
                        torch.Generator().manual_seed(1), torch.device("cpu"),
-                       on_iteration=lambda t, values: logged.append(values["sigma"]), progress=False)
+                       on_iteration=lambda t, values: logged.append(values["sigma"]), progress=False,
+                       **dp_inputs_for(dataset, sampling=True))
         assert used == expected and logged == expected
     with pytest.raises(ConfigError, match="entries"):
         matching.match(start.images, start.labels, dataset, cfg, extractors, [1.0, 2.0],
-                       torch.Generator(), torch.Generator(), torch.device("cpu"), progress=False)
+                       torch.Generator(), torch.Generator(), torch.device("cpu"), progress=False,
+                       **dp_inputs_for(dataset, sampling=True))
 
 
 def test_expert_sets_the_optimiser_sigma_every_step(monkeypatch):
@@ -131,7 +144,8 @@ def test_expert_sets_the_optimiser_sigma_every_step(monkeypatch):
     expert_cfg = OmegaConf.structured(ExpertConfig(name="dp_sgd", pretrain_epochs=0, steps=5, sample_rate=0.2))
     sigmas = [5.0, 4.0, 3.0, 2.0, 1.0]
     train_expert(expert_cfg, OmegaConf.structured(ModelConfig(width=8)), dataset.train_images[:10],
-                 dataset.train_labels[:10], dataset, sigmas, 0, torch.device("cpu"), progress=False)
+                 dataset.train_labels[:10], dataset, sigmas, 0, torch.device("cpu"), progress=False,
+                 **dp_inputs_for(dataset))
     assert seen == sigmas
 
 
@@ -142,12 +156,12 @@ def test_scheduled_run_end_to_end(tmp_path, compose):
                   "matcher.noise_schedule.pieces=10", "evaluation.epochs=20", "evaluation.runs=1",
                   "dataset.max_train_per_class=60")
     result = train.run(cfg, tmp_path)
-    privacy = json.loads((result.output_dir / "results.json").read_text())["privacy"]
+    privacy = json.loads((result.release_dir / "results.json").read_text())["privacy"]
     records = [m for m in privacy["mechanisms"] if m["component"] == "matcher"]
     assert len(records) == 10 and sum(m["steps"] for m in records) == 50
     assert records[0]["noise_multiplier"] > records[-1]["noise_multiplier"]
     assert privacy["epsilon"] <= 1.0
-    ledger = json.loads((result.output_dir / "privacy_ledger.json").read_text())
+    ledger = json.loads((result.release_dir / "privacy_ledger.json").read_text())
     assert ledger["mechanisms"] == privacy["mechanisms"]
 
 
@@ -170,7 +184,7 @@ def test_head_finetuning_changes_only_the_classifier_and_still_adds_noise(monkey
         cfg = OmegaConf.structured(ExpertConfig(name="dp_sgd", pretrain_epochs=1, steps=steps, sample_rate=0.2,
                                                 finetune=finetune))
         return train_expert(cfg, model_cfg, pool_images, pool_labels, dataset, 2.0, 0, torch.device("cpu"),
-                            progress=False)
+                            progress=False, **dp_inputs_for(dataset))
 
     pretrained = expert("head", 0).model.state_dict()
     head = expert("head", 4)
