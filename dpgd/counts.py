@@ -36,6 +36,7 @@ class ClassCounts:
 
     values: torch.Tensor  # float32 (num_classes,), each >= 1
     noisy: bool
+    noise_std: float = 0.0  # std of the Gaussian noise on each count (0 when exact)
 
     @property
     def total(self) -> float:
@@ -72,4 +73,4 @@ def release_class_counts(
     if noise_multiplier is None:
         return ClassCounts(counts.clamp_(min=1.0), noisy=False)
     counts.add_(torch.randn(counts.shape, generator=generator), alpha=float(noise_multiplier))
-    return ClassCounts(counts.clamp_(min=1.0), noisy=True)
+    return ClassCounts(counts.clamp_(min=1.0), noisy=True, noise_std=float(noise_multiplier))

@@ -85,17 +85,19 @@ def check_counts(cfg: DictConfig, counts: "ClassCounts", class_names: tuple[str,
     """
     index, smallest = counts.smallest()
     smallest_int = int(round(smallest))
+    # A private run refuses only when the class is smaller than ipc beyond doubt (3 noise
+    # stds): it never copies real images, and a noisy count must not stop a run by chance
+    # (e.g. a membership-inference shadow run on a small member set).
+    margin = 3.0 * counts.noise_std
+    if cfg.ipc > smallest + margin:
+        about = "about " if counts.noisy else ""
+        raise ConfigError(
+            f"ipc={cfg.ipc} is larger than class '{class_names[index]}', which has {about}{smallest_int} training "
+            f"images; use ipc<={max(1, smallest_int)}."
+        )
     if cfg.ipc > smallest:
-        if counts.noisy:
-            # A private run never copies real images (init from noise or the DP pool), so a
-            # small class is not an error; the noisy count must not stop a run by chance.
-            log.warning("ipc=%d is larger than the released (noisy) count of class '%s', about %d images",
-                        cfg.ipc, class_names[index], smallest_int)
-        else:
-            raise ConfigError(
-                f"ipc={cfg.ipc} is larger than class '{class_names[index]}', which has {smallest_int} training "
-                f"images; use ipc<={max(1, smallest_int)}."
-            )
+        log.warning("ipc=%d is larger than the released (noisy) count of class '%s', about %d images",
+                    cfg.ipc, class_names[index], smallest_int)
     if is_private(cfg):
         from dpgd.privacy import check_delta
 

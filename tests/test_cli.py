@@ -35,7 +35,7 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.Comp
 
 
 def only_run_dir(root: Path) -> Path:
-    found = [p.parent for p in root.rglob("results.json")]
+    found = [p.parent.parent for p in root.rglob("release/results.json")]
     assert len(found) == 1, found
     return found[0]
 
@@ -53,18 +53,22 @@ def test_default_run_from_another_folder_writes_the_artifacts(tmp_path):
     proc = run_cli(QUICK_DPGENG, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = only_run_dir(tmp_path / "outputs")
-    results = json.loads((run_dir / "results.json").read_text())
+    results = json.loads((run_dir / "release" / "results.json").read_text())
     for key in ("dataset", "method", "ipc", "seed", "epsilon_target", "delta", "test_acc_mean",
-                "test_acc_std", "test_acc_runs", "privacy", "timings_s", "peak_memory_mb"):
+                "test_acc_std", "test_acc_runs", "privacy", "class_counts", "release_id"):
         assert key in results, key
+    diagnostics = json.loads((run_dir / "private" / "diagnostics.json").read_text())
+    assert set(diagnostics) >= {"timings_s", "peak_memory_mb"}
     assert results["dataset"] == "digits" and results["ipc"] == 10
     assert 0.0 <= results["test_acc_mean"] <= 100.0
     assert 0 < results["privacy"]["epsilon"] <= 1.0
     assert results["method"] == "dpgeng"
-    assert sorted(m["component"] for m in results["privacy"]["mechanisms"]) == ["expert", "generator", "matcher"]
-    assert (run_dir / "distilled.png").stat().st_size > 0
-    assert (run_dir / "privacy_ledger.json").exists()
-    distilled = dpgd.load_distilled(run_dir / "distilled.pt")
+    assert sorted(m["component"] for m in results["privacy"]["mechanisms"]) == [
+        "counts", "expert", "generator", "matcher"]
+    assert results["privacy"]["dp"] is True
+    assert (run_dir / "release" / "distilled.png").stat().st_size > 0
+    assert (run_dir / "release" / "privacy_ledger.json").exists()
+    distilled = dpgd.load_distilled(run_dir)
     assert len(distilled) == 100 and distilled[0][0].shape == (1, 8, 8)
     assert list(distilled.labels.bincount()) == [10] * 10
     assert list((run_dir / "wandb").glob("offline-run-*")), "the offline W&B run is missing"
@@ -77,7 +81,7 @@ def test_imagefolder_non_private_run(tmp_path, cifar10_mini):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((only_run_dir(tmp_path / "outputs") / "results.json").read_text())
+    results = json.loads((only_run_dir(tmp_path / "outputs") / "release" / "results.json").read_text())
     assert results["dataset"] == "imagefolder" and results["num_classes"] == 10
     assert results["privacy"]["epsilon"] == float("inf")
 

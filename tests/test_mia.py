@@ -166,7 +166,7 @@ def test_lira_finds_a_membership_shift_and_is_unbiased_without_one():
 
 
 def test_leaky_release_is_detected_and_logged(attack):
-    results, tracker, folder = attack("experiment=leaky_baseline", "logger=none")
+    results, tracker, folder = attack("experiment=leaky_baseline", "logger=none", "mia.log_to_wandb=true")
     assert results["attack"] == "lira" and results["num_shadow"] == 8 and results["population"] == 200
     assert results["scored_pairs"] == 1600 and set(results["variants"]) == {"online", "offline"}
     assert HEADLINE <= set(results) and HEADLINE <= set(results["variants"]["offline"])
@@ -177,14 +177,14 @@ def test_leaky_release_is_detected_and_logged(attack):
     assert results["tpr_at_1pct_fpr"] > 0.05
     assert (folder / ROC_FILE).stat().st_size > 1000
     assert len(list((folder / SHADOW_DIR).glob("shadow_*.pt"))) == 8
-    # Only the ROC figure goes to the tracker as an image: no private images.
+    # Asked for (mia.log_to_wandb=true): only the ROC figure goes to the tracker as an image.
     assert [key for kind, key in tracker.calls if kind == "image"] == ["mia/roc_curve"]
     assert ("table", "mia/roc:fpr,tpr,variant") in tracker.calls
     assert {("log", "mia/auc"), ("log", "mia/offline/tpr_at_0.1pct_fpr"), ("summary", "mia/auc")} <= set(tracker.calls)
 
 
 def test_dp_release_stays_near_chance_and_below_the_leaky_one(attack):
-    leaky, _, _ = attack("experiment=leaky_baseline", "logger=none")
+    leaky, _, _ = attack("experiment=leaky_baseline", "logger=none", "mia.log_to_wandb=true")
     dp, _, _ = attack("experiment=ndpdc", "epsilon=1", "matcher.iterations=50", *LIRA)
     assert (dp["num_shadow"], dp["population"], dp["epochs"]) == (leaky["num_shadow"], leaky["population"], 100)
     # 1600 scored pairs (800 members, 800 non-members): under no leakage sd(AUC) is 0.014 for

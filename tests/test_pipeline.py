@@ -11,6 +11,7 @@ from opacus.accountants import PRVAccountant
 import dpgd
 import dpgd.train as train
 from dpgd.errors import BudgetError, ConfigError
+from dpgd.privacy import PrivacyLedger
 
 FAST = ["logger=none", "evaluation.epochs=100", "evaluation.runs=2"]
 
@@ -36,9 +37,11 @@ def run_with(tmp_path_factory):
 
 def test_ledger_recomputes_to_the_reported_epsilon(run_with):
     result = run_with("experiment=ndpdc", "epsilon=2", "matcher.iterations=100")
-    ledger = json.loads((result.output_dir / "privacy_ledger.json").read_text())
+    ledger = json.loads((result.release_dir / "privacy_ledger.json").read_text())
     assert ledger["mechanisms"] == result.results["privacy"]["mechanisms"]
-    [mechanism] = ledger["mechanisms"]
+    assert PrivacyLedger.from_dict(ledger).report(ledger["delta"]).epsilon == pytest.approx(ledger["epsilon"])
+    counts, mechanism = ledger["mechanisms"]
+    assert counts["component"] == "counts" and counts["steps"] == 1 and counts["sample_rate"] == 1.0
     assert mechanism["component"] == "matcher" and mechanism["steps"] == 100
     assert mechanism["sample_rate"] == pytest.approx(0.1)
     # An independent accountant call on the listed mechanisms, not through dpgd.privacy.
@@ -53,22 +56,23 @@ def test_ledger_recomputes_to_the_reported_epsilon(run_with):
 
 def test_results_contract_and_artifacts(run_with):
     result = run_with("experiment=ndpdc", "epsilon=2", "matcher.iterations=100")
-    on_disk = json.loads((result.output_dir / "results.json").read_text())
+    on_disk = json.loads((result.release_dir / "results.json").read_text())
     assert on_disk["dataset"] == "digits" and on_disk["method"] == "ndpdc"
     assert on_disk["epsilon_target"] == 2.0 and on_disk["delta"] == 1e-5
     assert len(on_disk["test_acc_runs"]) == 2
     assert on_disk["test_acc_mean"] == pytest.approx(sum(on_disk["test_acc_runs"]) / 2)
-    assert set(on_disk["timings_s"]) >= {"plan", "data", "init", "match", "eval"}
-    assert on_disk["peak_memory_mb"] > 0
+    private = json.loads((result.private_dir / "diagnostics.json").read_text())
+    assert set(private["timings_s"]) >= {"plan", "data", "counts", "init", "match", "eval"}
+    assert private["peak_memory_mb"] > 0 and "timings_s" not in on_disk
     distilled = dpgd.load_distilled(result.output_dir)
     assert len(distilled) == 100 and distilled.class_names[0] == "0"
     assert distilled.config["epsilon"] == 2.0
-    assert (result.output_dir / "distilled.png").stat().st_size > 100
+    assert (result.release_dir / "distilled.png").stat().st_size > 100
 
 
 def test_non_private_run_records_infinity_explicitly(run_with):
     result = run_with("experiment=dm", "matcher.iterations=100")
-    text = (result.output_dir / "results.json").read_text()
+    text = (result.release_dir / "results.json").read_text()
     assert '"epsilon": Infinity' in text
     assert json.loads(text)["privacy"]["epsilon"] == math.inf
 
@@ -91,7 +95,7 @@ def test_impossible_plan_stops_before_reading_data(tmp_path, monkeypatch, compos
         raise AssertionError("private data was read before the plan was checked")
 
     monkeypatch.setattr(train, "load_dataset", must_not_load)
-    cfg = compose("logger=none", "experiment=ndpdc", "epsilon=0.0001", "matcher.iterations=100000",
+    cfg = compose("logger=none", "experiment=ndpdc", "epsilon=0.05", "matcher.iterations=100000",
                   "matcher.sample_rate=1.0")
     with pytest.raises(BudgetError, match="matcher"):
         train.run(cfg, tmp_path)
@@ -113,7 +117,7 @@ def test_bad_settings_are_refused_before_any_stage(tmp_path, compose, overrides,
     cfg = compose("logger=none", *overrides)
     with pytest.raises(ConfigError, match=message):
         train.run(cfg, tmp_path)
-    assert not (tmp_path / "results.json").exists()
+    assert not list(tmp_path.rglob("results.json"))
 
 
 SHORT_DPGENG = (
@@ -127,12 +131,12 @@ def test_dpgeng_ledger_composes_generator_matcher_and_expert(run_with):
     result = run_with("epsilon=1", *SHORT_DPGENG)
     privacy = result.results["privacy"]
     assert result.results["method"] == "dpgeng"
-    assert sorted(m["component"] for m in privacy["mechanisms"]) == ["expert", "generator", "matcher"]
+    assert sorted(m["component"] for m in privacy["mechanisms"]) == ["counts", "expert", "generator", "matcher"]
     generator = next(m for m in privacy["mechanisms"] if m["component"] == "generator")
     assert generator["sample_rate"] == 1.0 and generator["steps"] == 1  # DP-MERF: one release
     assert 0.98 <= privacy["epsilon"] <= 1.0
     stages = result.results["stages"]
     assert stages["generate"]["pool_size"] == 1000
     assert stages["generate"]["pool_test_acc"] > 40  # a DP-MERF pool at epsilon 0.5 or so
-    assert set(result.results["timings_s"]) >= {"generate", "init", "expert", "match", "eval"}
+    assert set(result.diagnostics["timings_s"]) >= {"generate", "init", "expert", "match", "eval"}
     assert result.test_acc_mean > 40

@@ -41,7 +41,7 @@ def test_offline_wandb_run_holds_summary_ledger_and_config(tmp_path, compose):
     [table] = list(run_dir.rglob("ledger_*.table.json"))
     data = json.loads(table.read_text())
     assert data["columns"][:4] == ["component", "noise_multiplier", "sample_rate", "steps"]
-    assert data["data"][0][0] == "matcher" and data["data"][0][3] == 10
+    assert [row[0] for row in data["data"]] == ["counts", "matcher"] and data["data"][1][3] == 10
     # Images are of the synthetic set only: init and distilled.
     logged = {p.parent.name for p in run_dir.rglob("media/images/*/*.png")}
     assert logged == {"init", "distilled"}

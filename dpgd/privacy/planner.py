@@ -368,8 +368,9 @@ def _infeasible_error(exc: _Infeasible, epsilon: float, delta: float) -> BudgetE
         f"component '{r.name}' cannot meet its share of the budget: {r.steps} steps at "
         f"sample_rate {r.sample_rate:g} with share {r.fraction:g} of epsilon={epsilon:g} "
         f"(about {exc.target:.3g} for it alone, delta={delta:g}) would need "
-        f"noise_multiplier > {SIGMA_MAX:g}; use fewer iterations or a smaller sample rate "
-        f"for '{r.name}', or a larger epsilon or a larger share for '{r.name}'"
+        f"noise_multiplier > {SIGMA_MAX:g}; "
+        + (f"use fewer iterations or a smaller sample rate for '{r.name}', or " if r.steps > 1 or r.sample_rate < 1 else "use ")
+        + f"a larger epsilon or a larger share (budget.{r.name}) for '{r.name}'"
     )
 
 
