@@ -4,8 +4,9 @@ Stages call :class:`Tracker` methods with a stage prefix (``match``, ``eval``, .
 stage gets its own step axis (``<stage>/step``) so dashboards plot iterations, not call
 counts. W&B runs offline by default so nothing hangs or prompts on a machine without an
 account or network; ``online`` falls back to offline when the server cannot be reached.
-Console capture is off: the terminal may show figures of the private data (progress bars),
-and a W&B project is often shared, so W&B gets only what stages log explicitly.
+Console capture and system metrics are off: the terminal may show figures of the private
+data (progress bars), memory and CPU time depend on N, and a W&B project is often shared,
+so W&B gets only what stages log explicitly.
 """
 
 from __future__ import annotations
@@ -87,6 +88,15 @@ class WandbTracker(Tracker):
         self._run.finish(exit_code=exit_code)
 
 
+def release_safe_settings(logger_cfg: Any, **extra: Any) -> Any:
+    """W&B settings that send only what stages log: no console capture (progress bars show
+    figures of the private data) and no system metrics (memory and CPU time depend on N
+    and on the Poisson batch sizes)."""
+    import wandb
+
+    return wandb.Settings(init_timeout=logger_cfg.init_timeout_s, console="off", x_disable_stats=True, **extra)
+
+
 def open_tracker(
     logger_cfg: Any,
     config: dict[str, Any],
@@ -117,12 +127,10 @@ def open_tracker(
     mode = logger_cfg.mode
     if mode == "online":
         try:
-            run = wandb.init(mode="online", settings=wandb.Settings(init_timeout=logger_cfg.init_timeout_s,
-                                                                    console="off"), **kwargs)
+            run = wandb.init(mode="online", settings=release_safe_settings(logger_cfg), **kwargs)
             return WandbTracker(run)
         except Exception as err:  # noqa: BLE001 - any failure to reach the server means: go offline
             log.warning("W&B online init failed (%s); logging offline instead. Upload later with `wandb sync`.", err)
             mode = "offline"
-    run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=logger_cfg.init_timeout_s, silent=True,
-                                                        console="off"), **kwargs)
+    run = wandb.init(mode=mode, settings=release_safe_settings(logger_cfg, silent=True), **kwargs)
     return WandbTracker(run)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from dpgd.config import GeneratorConfig
+from dpgd.data import hash_train_split
 from dpgd.errors import ConfigError
 from dpgd.generators import cache
 from dpgd.generators.base import Pool
@@ -22,11 +23,7 @@ from dpgd.privacy import SubsampledGaussian
 def plain_sha256(ds) -> str:
     """The unkeyed hash of the same bytes (what dataset_fingerprint computes, in full)."""
     h = hashlib.sha256()
-    h.update(ds.name.encode())
-    for t in (ds.train_images, ds.train_labels):
-        arr = t.detach().cpu().contiguous().numpy()
-        h.update(f"|{arr.dtype}{tuple(arr.shape)}|".encode())
-        h.update(memoryview(arr).cast("B"))
+    hash_train_split(h, ds)
     return h.hexdigest()
 
 

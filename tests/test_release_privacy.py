@@ -194,7 +194,7 @@ def test_release_folder_holds_no_attack_result_exact_count_timing_or_cache_path(
 
 
 def test_mia_reaches_wandb_only_when_asked(compose, tmp_path, one_torch_thread):
-    from wandb_records import run_contents
+    from wandb_records import iter_records, run_contents
 
     def keys(*overrides):
         out = tmp_path / "_".join(o.replace("=", "-") for o in overrides)
@@ -204,7 +204,11 @@ def test_mia_reaches_wandb_only_when_asked(compose, tmp_path, one_torch_thread):
         [run_dir] = list((out / "wandb").glob("offline-run-*"))
         contents = run_contents(run_dir)
         logged = set(contents["summary"]) | {k for row in contents["history"] for k in row}
-        assert not list(run_dir.rglob("output.log"))  # console capture is off
+        # No console capture, no system metrics (memory and CPU time depend on N): with them
+        # on, even a 2-second offline run writes a "stats" record.
+        kinds = {record.WhichOneof("record_type") for record in iter_records(next(run_dir.glob("run-*.wandb")))}
+        assert not kinds & {"stats", "output", "output_raw"}
+        assert not list(run_dir.rglob("output.log"))
         return logged
 
     assert not [k for k in keys() if k.startswith("mia/")]

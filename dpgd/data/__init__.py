@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import os
 from pathlib import Path
 from typing import Optional, Protocol
@@ -17,7 +18,7 @@ import torch
 from dpgd.data.bundle import ImageDataset
 from dpgd.errors import ConfigError
 
-__all__ = ["DATASET_NAMES", "ImageDataset", "dataset_fingerprint", "default_data_root", "load_dataset"]
+__all__ = ["DATASET_NAMES", "ImageDataset", "dataset_fingerprint", "default_data_root", "hash_train_split", "load_dataset"]
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "tinyimagenet", "celeba", "imagefolder")
 DATA_ROOT_ENV = "DPGD_DATA_ROOT"
@@ -142,12 +143,21 @@ def _subset(
     return dataclasses.replace(ds, **changes) if changes else ds
 
 
-def dataset_fingerprint(ds: ImageDataset) -> str:
-    """Short sha256 of name, train images and labels: a cache key that changes with the data."""
-    h = hashlib.sha256()
-    h.update(ds.name.encode())
+def hash_train_split(digest: "hashlib._Hash | hmac.HMAC", ds: ImageDataset) -> None:
+    """Feed the name, train images and labels of ``ds`` (dtype, shape, bytes) to a hash or HMAC."""
+    digest.update(ds.name.encode())
     for t in (ds.train_images, ds.train_labels):
         arr = t.detach().cpu().contiguous().numpy()
-        h.update(f"|{arr.dtype}{tuple(arr.shape)}|".encode())
-        h.update(memoryview(arr).cast("B"))
+        digest.update(f"|{arr.dtype}{tuple(arr.shape)}|".encode())
+        digest.update(memoryview(arr).cast("B"))
+
+
+def dataset_fingerprint(ds: ImageDataset) -> str:
+    """Short sha256 of name, train images and labels: a private cache key that changes with the data.
+
+    Anyone holding candidate data can recompute it: never log or publish it (the pool
+    cache uses a keyed HMAC instead, :func:`dpgd.generators.cache.keyed_fingerprint`).
+    """
+    h = hashlib.sha256()
+    hash_train_split(h, ds)
     return h.hexdigest()[:16]

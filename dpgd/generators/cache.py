@@ -45,17 +45,15 @@ import secrets
 import stat
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dpgd.data import ImageDataset, hash_train_split
 from dpgd.errors import ConfigError
 from dpgd.generators.base import GeneratorSettings, Pool
 from dpgd.privacy import SubsampledGaussian
-
-if TYPE_CHECKING:
-    from dpgd.data import ImageDataset
 
 log = logging.getLogger("dpgd")
 
@@ -166,11 +164,7 @@ def keyed_fingerprint(dataset: ImageDataset, secret: bytes) -> str:
     if not isinstance(secret, (bytes, bytearray)) or len(secret) == 0:
         raise ConfigError("keyed_fingerprint needs a non-empty secret (bytes)")
     mac = hmac.new(bytes(secret), digestmod=hashlib.sha256)
-    mac.update(dataset.name.encode())
-    for t in (dataset.train_images, dataset.train_labels):
-        arr = t.detach().cpu().contiguous().numpy()
-        mac.update(f"|{arr.dtype}{tuple(arr.shape)}|".encode())
-        mac.update(memoryview(arr).cast("B"))
+    hash_train_split(mac, dataset)
     return mac.hexdigest()
 
 
