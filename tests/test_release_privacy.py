@@ -125,6 +125,26 @@ def test_reproducible_noise_repeats_and_is_marked_not_dp(run_cfg):
     assert privacy["dp"] is False and "NOT differentially private" in privacy["noise"]
 
 
+def test_expert_dp_sgd_draws_masks_and_noise_from_the_noise_source(digits, dp_inputs):
+    """Same public seed and pool, two secret sources: different experts; one reproducible
+    source twice: the same expert (so the difference comes from the source, not chance)."""
+    from omegaconf import OmegaConf
+
+    from dpgd.config import ExpertConfig, ModelConfig
+    from dpgd.expert import train_expert
+
+    cfg = OmegaConf.structured(ExpertConfig(name="dp_sgd", pretrain_epochs=0, steps=3, sample_rate=0.05))
+    model_cfg = OmegaConf.structured(ModelConfig(width=8))
+
+    def weights(noise):
+        expert = train_expert(cfg, model_cfg, digits.train_images[:20], digits.train_labels[:20], digits, 2.0, 0,
+                              torch.device("cpu"), progress=False, noise=noise, counts=dp_inputs["counts"])
+        return torch.cat([p.flatten() for p in expert.model.parameters()])
+
+    assert not torch.equal(weights(NoiseSource.secret()), weights(NoiseSource.secret()))
+    assert torch.equal(weights(NoiseSource.from_public_seed(0)), weights(NoiseSource.from_public_seed(0)))
+
+
 # --- counts --------------------------------------------------------------------------------
 
 
