@@ -1,0 +1,55 @@
+"""Refactors must not change the method: pinned results of two tiny digits runs.
+
+With ``reproducible_noise=true`` (noise from the public seed: deterministic, NOT DP) and one
+torch thread, a run on this machine is bit-for-bit repeatable, so the test accuracy of each
+evaluation model, the released counts and the ledger are pinned as measured when the
+numbers were recorded (after the privacy fixes of issue 12). A change that alters them
+changes what the method computes: rerun and update the pins only when that is intended.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import dpgd.train as train
+
+PIN = ["logger=none", "reproducible_noise=true", "evaluation.epochs=20", "evaluation.runs=2", "matcher.iterations=20",
+       "generator.dp_merf.steps=30", "generator.report_epochs=2", "generator.cache=false", "init.net_epochs=3",
+       "matcher.extractor_epochs=3", "matcher.num_extractors=2", "expert.pretrain_epochs=2", "expert.steps=10",
+       "generator.pool_per_class=40", "expert.reference_per_class=20"]
+
+EXPECTED = {
+    "dpgeng": {
+        "acc": [73.05555555555556, 69.16666666666667],
+        "counts": [134, 133, 142, 120, 123, 132, 141, 157, 154, 178],
+        "mechanisms": [("counts", 18.7567732118298, 1.0, 1), ("generator", 4.721625128482571, 1.0, 1),
+                       ("expert", 2.2980583814924485, 0.05, 10), ("matcher", 3.7584601691464083, 0.1, 20)],
+        "epsilon": 0.9893534241262694,
+        "stages": {"generate": {"pool_size": 400, "pool_test_acc": 14.444444444444445},
+                   "expert": {"test_acc": 33.333333333333336}},
+    },
+    "ndpdc": {
+        "acc": [35.0, 29.72222222222222],
+        "counts": [130, 126, 142, 106, 112, 125, 139, 164, 162, 196],
+        "mechanisms": [("counts", 28.567540890379153, 1.0, 1), ("matcher", 2.139442208522221, 0.1, 20)],
+        "epsilon": 0.9888938385523147,
+        "stages": {},
+    },
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPECTED))
+def test_pinned_tiny_run(experiment, compose, tmp_path, one_torch_thread):
+    results = train.run(compose(*PIN, f"experiment={experiment}"), tmp_path).results
+    expected = EXPECTED[experiment]
+    mechanisms = [(m["component"], m["noise_multiplier"], m["sample_rate"], m["steps"])
+                  for m in results["privacy"]["mechanisms"]]
+    assert [m[0] for m in mechanisms] == [m[0] for m in expected["mechanisms"]]
+    for got, want in zip(mechanisms, expected["mechanisms"]):
+        assert got[1:] == pytest.approx(want[1:], rel=1e-9)
+    assert results["privacy"]["epsilon"] == pytest.approx(expected["epsilon"], rel=1e-9)
+    assert results["class_counts"]["per_class"] == expected["counts"]
+    assert results["test_acc_runs"] == pytest.approx(expected["acc"], abs=1e-9)
+    assert set(results["stages"]) == set(expected["stages"])
+    for stage, values in expected["stages"].items():
+        assert results["stages"][stage] == pytest.approx(values, abs=1e-9)
