@@ -1,14 +1,14 @@
 """The ``budget`` group: turn the config into a noise plan before any data is read.
 
-Each component that runs a DP mechanism (generator, matcher, expert) asks for a share of
-the total epsilon; :func:`dpgd.privacy.plan_budget` calibrates every noise multiplier and
-checks the composed total with the numerical accountant. A plan that cannot meet the
-target raises :class:`~dpgd.errors.BudgetError` here, at the start of the run.
+Every component that runs a DP mechanism states its :class:`~dpgd.privacy.PrivacyNeed`
+(count release, generator, expert, matcher) and gets a share of the total epsilon;
+:func:`dpgd.privacy.plan_budget` calibrates every noise multiplier and checks the composed
+total with the numerical accountant. A plan that cannot meet the target raises
+:class:`~dpgd.errors.BudgetError` here, at the start of the run.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 from omegaconf import DictConfig
@@ -17,53 +17,41 @@ from dpgd import counts
 from dpgd.errors import ConfigError
 from dpgd.expert import privacy_request as expert_privacy_request
 from dpgd.generators import privacy_request as generator_privacy_request
-from dpgd.privacy import ComponentRequest, NoisePlan, plan_budget, schedule_from_config
+from dpgd.matching import privacy_request as matcher_privacy_request
+from dpgd.privacy import ComponentRequest, NoisePlan, PrivacyNeed, plan_budget
 
-MATCHER_SENSITIVITY = "L2 clip C of each real embedding: one record moves one class sum by at most C"
+# How to switch off a component that has a need but no share of the budget.
+SWITCH_OFF = {"generator": "generator=none", "expert": "expert=none", "matcher": "matcher=none"}
 
 
-def _schedule(component_cfg: DictConfig, steps: int):
-    """Relative noise schedule of a component (None = constant, the planner's default)."""
-    schedule_cfg = component_cfg.get("noise_schedule")
-    if schedule_cfg is None or steps < 1:
-        return None
-    pieces = schedule_from_config(schedule_cfg, steps)
-    return None if len(pieces) == 1 else pieces
+def component_needs(cfg: DictConfig) -> list[tuple[PrivacyNeed, float]]:
+    """Each configured DP component's need and its share (``budget.<component>``)."""
+    needs = []
+    for need in (generator_privacy_request(cfg.generator), expert_privacy_request(cfg.expert),
+                 matcher_privacy_request(cfg.matcher)):
+        if need is None:
+            continue
+        share = float(getattr(cfg.budget, need.component))
+        if share <= 0:
+            raise ConfigError(
+                f"{need.component}={getattr(cfg, need.component).name} releases DP statistics of the private data but "
+                f"budget.{need.component}=0; give it a share (e.g. budget=dpgeng) or use {SWITCH_OFF[need.component]}."
+            )
+        needs.append((need, share))
+    return needs
 
 
 def component_requests(cfg: DictConfig) -> list[ComponentRequest]:
-    """What each configured DP component will run: sample rate and number of releases."""
-    requests = []
-    generator_need = generator_privacy_request(cfg.generator)
-    if generator_need is not None:
-        if cfg.budget.generator <= 0:
-            raise ConfigError(
-                f"generator={cfg.generator.name} releases a DP statistic but budget.generator=0; "
-                "give it a share (e.g. budget=dpgeng) or use generator=none."
-            )
-        requests.append(generator_need.component_request(float(cfg.budget.generator)))
-    expert_need = expert_privacy_request(cfg.expert)
-    if expert_need is not None:
-        if cfg.budget.expert <= 0:
-            raise ConfigError(
-                "expert=dp_sgd fine-tunes on the private data but budget.expert=0; "
-                "give it a share (e.g. budget=dpgeng) or use expert=none."
-            )
-        requests.append(ComponentRequest("expert", float(cfg.budget.expert), expert_need.sample_rate,
-                                         expert_need.steps, expert_need.sensitivity,
-                                         _schedule(cfg.expert, expert_need.steps)))
-    if cfg.matcher.name == "dp_feature" and cfg.budget.matcher > 0:
-        requests.append(
-            ComponentRequest(
-                name="matcher",
-                fraction=float(cfg.budget.matcher),
-                sample_rate=float(cfg.matcher.sample_rate),
-                steps=int(cfg.matcher.iterations),
-                sensitivity=MATCHER_SENSITIVITY,
-                schedule=_schedule(cfg.matcher, int(cfg.matcher.iterations)),
-            )
-        )
-    return requests
+    """The planner's requests: the count release takes ``budget.counts`` off the top and the
+    components that run share the rest in proportion to their fractions (so a preset like
+    budget=dpgeng with expert=none still spends the whole target)."""
+    needs = component_needs(cfg)
+    if not needs:  # nothing data-dependent is released (e.g. noise init, no matching)
+        return []
+    counts_share = float(cfg.budget.counts)
+    total = sum(share for _, share in needs)
+    return [counts.privacy_request().request(counts_share),
+            *[need.request((1.0 - counts_share) * share / total) for need, share in needs]]
 
 
 def plan_run(cfg: DictConfig) -> NoisePlan | None:
@@ -72,13 +60,6 @@ def plan_run(cfg: DictConfig) -> NoisePlan | None:
     if not math.isfinite(float(cfg.epsilon)):
         return None
     requests = component_requests(cfg)
-    if not requests:  # nothing data-dependent is released (e.g. noise init, no matching)
+    if not requests:
         return None
-    # Shares of components that do not run are handed to the ones that do, so a preset
-    # like budget=dpgeng with expert=none still spends the whole target. The class-count
-    # release (dpgd.counts) takes budget.counts off the top: every private run uses it.
-    counts_share = float(cfg.budget.counts)
-    total = sum(request.fraction for request in requests)
-    requests = [dataclasses.replace(r, fraction=(1.0 - counts_share) * r.fraction / total) for r in requests]
-    requests.insert(0, ComponentRequest(counts.COMPONENT, counts_share, 1.0, 1, counts.SENSITIVITY_TEXT))
     return plan_budget(float(cfg.epsilon), float(cfg.delta), requests)

@@ -1,9 +1,15 @@
-"""Structured schemas for every config group.
+"""Structured schemas for every config group, and :func:`compose`.
 
-Each YAML file in ``configs/<group>/`` starts its defaults list with the schema stored
-here (``- /schema/<group>@_here_``), so Hydra type-checks it and a mistyped key fails at
-composition with a message naming the key. The top-level ``TrainConfig`` makes the same
-true for ``epsilon``, ``delta``, ``ipc``, ``seed`` and ``device``.
+**One home for each default and its reason.** Every setting's default value lives here,
+with the comment saying why. The defaults describe the default run, DP-GenG on digits:
+each schema's ``name`` is the option ``configs/train.yaml`` selects for its group. A YAML
+option in ``configs/<group>/`` states only its ``name`` and the values in which it differs
+from these defaults, and an experiment preset in ``configs/experiment/`` only what it
+changes; so every file reads as a diff (``dpgd --cfg job`` prints the composed result).
+
+``configs/train.yaml`` starts its defaults list with ``TrainConfig`` (``train_schema``),
+so every group node is typed by its schema: a mistyped key or a wrongly typed value fails
+at composition with a message naming the key.
 
 Values that need more than a type check (epsilon > 0, fractions summing to 1, IPC no
 larger than a class) are checked in :mod:`dpgd.validation` before any data is read.
@@ -15,18 +21,20 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
 from dpgd.mia.settings import MiaConfig
 
 
 @dataclass
 class DatasetConfig:
-    # digits | cifar10 | cifar100 | tinyimagenet | celeba | imagefolder
-    name: str = MISSING
+    # digits | cifar10 | cifar100 | tinyimagenet | celeba | imagefolder. digits is
+    # scikit-learn's bundled 8x8 set: embedded, offline, about a minute per CPU run.
+    name: str = "digits"
     # Folder holding the data; null = $DPGD_DATA_ROOT or ~/.cache/dpgd/data.
     root: Optional[str] = None
-    # torchvision sets only (cifar10/cifar100): fetch the files if they are missing.
+    # torchvision sets only (cifar10/cifar100): fetch the files if they are missing. Off, so
+    # nothing reaches the network unasked; set download=true once.
     download: bool = False
     # Resize images to this side length; null keeps the native size (built-in sets only:
     # imagefolder requires it, so the release's shape never depends on the private files).
@@ -34,7 +42,7 @@ class DatasetConfig:
     # imagefolder: channels every image is converted to (1 = greyscale, 3 = RGB); a config
     # value, never inferred from the files (one odd image must not change the release).
     channels: int = 3
-    # celeba: the binary attribute used as the label.
+    # celeba: the binary attribute used as the label (Male: the paper's CelebA task).
     target_attr: str = "Male"
     # Keep at most this many train images per class (null = all): for quick runs.
     max_train_per_class: Optional[int] = None
@@ -44,19 +52,23 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    # convnet | resnet18
+    # convnet (the dataset-distillation ConvNet: depth x (conv 3x3, norm, ReLU, avg pool))
+    # | resnet18 (GroupNorm, no in-place ops, so opacus can compute per-sample gradients)
     name: str = "convnet"
+    # Channels of every conv layer: the literature's ConvNet width.
     width: int = 128
     # null = adapt to the image size (3 for 32x32, 2 for 8x8, 4 for 64x64).
     depth: Optional[int] = None
-    # instancenorm | groupnorm | none
+    # instancenorm (the literature's ConvNet) | groupnorm | none
     norm: str = "instancenorm"
 
 
 @dataclass
 class InitConfig:
-    # noise | real (epsilon=inf only) | kmeans | random_pool (the last two need a generator pool)
-    name: str = "noise"
+    # kmeans (DP-GenG: per class, k-means on the DP pool, keep the pool image nearest each
+    # centroid; post-processing, free) | random_pool (its ablation) | noise (NDPDC) |
+    # real (epsilon=inf only). kmeans and random_pool need a generator pool.
+    name: str = "kmeans"
     # kmeans: cluster in the embedding of a ConvNet trained on the pool (pool_net, the
     # paper's choice: semantic neighbours, not pixel neighbours) or in raw pixels (pixels).
     feature_space: str = "pool_net"
@@ -163,10 +175,13 @@ class PeConfig:
 
 @dataclass
 class GeneratorConfig:
-    # none | real (epsilon=inf only) | dp_merf | dp_sgd | pe
-    name: str = "none"
+    # dp_merf (needs no public model: the CPU default) | dp_sgd | pe | none |
+    # real (epsilon=inf only)
+    name: str = "dp_merf"
     # Synthetic images per class in the pool; k-means needs >= ipc * multi_formation^2.
-    # Every later stage trains on the pool, so its size sets the CPU cost of a run.
+    # 200: enough for k-means at IPC 50 (or IPC 10 x 4 tiles) and cheap to train on; every
+    # later stage trains on the pool, so its size sets the CPU cost of a run. The paper
+    # presets raise it.
     pool_per_class: int = 200
     # Reuse a pool fitted with the same data, settings, noise multiplier and seed.
     cache: bool = True
@@ -182,11 +197,18 @@ class GeneratorConfig:
 
 @dataclass
 class BudgetConfig:
-    # Fractions of the total epsilon given to each component; they must sum to 1.
-    name: str = "ndpdc"
-    generator: float = 0.0
-    matcher: float = 1.0
-    expert: float = 0.0
+    # dpgeng | ndpdc (the whole budget on matching). Fractions of the total epsilon given
+    # to each component; they must sum to 1 (the planner then scales all shares by one
+    # factor so the composed PRV epsilon meets the target; shares of components that are
+    # switched off go to the others in proportion). DP-GenG's split is chosen a priori,
+    # not on test accuracy: the pool feeds every later stage (initialisation, extractors,
+    # expert pre-training, alignment references), so the generator's single release gets
+    # the largest share; matching, many subsampled releases that refine the set, gets 0.3;
+    # the expert only fine-tunes a pool-pretrained classifier, so 0.2.
+    name: str = "dpgeng"
+    generator: float = 0.5
+    matcher: float = 0.3
+    expert: float = 0.2
     # Share of the total epsilon for the one noisy class histogram (dpgd.counts) that every
     # normaliser and size check reads instead of the private exact counts; the three
     # fractions above split the rest. 0.1 gives a count noise std of 19 (DP-GenG) / 29
@@ -220,18 +242,24 @@ class NoiseScheduleConfig:
 
 @dataclass
 class MatcherConfig:
-    # none | dp_feature | dm
-    name: str = "none"
-    iterations: int = 0
-    lr_images: float = 1.0
+    # dp_feature (NDPDC's DP feature matching: per iteration, Poisson-sample each class at
+    # sample_rate, clip each real embedding to clip_norm, sum per class and add
+    # N(0, (sigma*C)^2) once) | dm (no clipping, no noise: epsilon=inf only) | none
+    name: str = "dp_feature"
+    iterations: int = 200
+    # Step size of the synthetic images (SGD on pixels). DM's 1.0 is for raw features; a
+    # random ConvNet's embeddings have norm ~11 (digits) to ~25 (CIFAR), and clipping them
+    # to C=1 shrinks the matching gradient by about that factor, so the step is scaled up
+    # by 10.
+    lr_images: float = 10.0
     momentum: float = 0.5
     # Poisson sample rate per class for dp_feature; dm draws batch_real per class.
     sample_rate: float = 0.1
     batch_real: int = 256
     clip_norm: float = 1.0
-    # random (a fresh ConvNet each iteration, NDPDC) | pool_trained (networks trained on the
-    # DP-generated pool, DP-GenG; free by post-processing)
-    extractors: str = "random"
+    # pool_trained (networks trained on the DP-generated pool, DP-GenG; free by
+    # post-processing; needs a generator) | random (a fresh ConvNet each iteration, NDPDC)
+    extractors: str = "pool_trained"
     # pool_trained: independently seeded networks, each kept at several checkpoints, so
     # matching sees early (generic) and late (class-specific) features.
     num_extractors: int = 3
@@ -245,8 +273,10 @@ class MatcherConfig:
 
 @dataclass
 class ExpertConfig:
-    # none | dp_sgd (pre-trained on the pool, DP-SGD fine-tuned on the private data)
-    name: str = "none"
+    # dp_sgd (pre-trained on the DP pool, free; fine-tuned on the private data with DP-SGD:
+    # opacus, Poisson sampling at sample_rate, per-sample clip clip_norm; then used in the
+    # alignment loss during matching) | none
+    name: str = "dp_sgd"
     # Pre-training on the pool: free (post-processing).
     pretrain_epochs: int = 15
     pretrain_lr: float = 0.01
@@ -274,10 +304,13 @@ class ExpertConfig:
 
 @dataclass
 class EvaluationConfig:
+    # fast (a short protocol for CPUs: the literature's optimiser, fewer epochs and runs) |
+    # paper (the literature's 5 runs x 1000 epochs)
     name: str = "fast"
     # Fresh models trained on the distilled set; mean and std are over these runs.
     runs: int = 2
     epochs: int = 300
+    # The literature's protocol (DC/DM/NDPDC): SGD lr 0.01, momentum 0.9, wd 5e-4, batch 256.
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -291,15 +324,16 @@ class EvaluationConfig:
 
 @dataclass
 class LoggerConfig:
-    # none | wandb
-    name: str = "none"
+    # wandb (Weights & Biases, offline by default) | none
+    name: str = "wandb"
     project: str = "dpgd"
     entity: Optional[str] = None
     group: Optional[str] = None
     job_type: str = "distill"
     tags: list[str] = field(default_factory=list)
     run_name: Optional[str] = None
-    # offline (default: never hangs or prompts) | online | disabled
+    # offline (default: nothing hangs or prompts without an account; `wandb sync <run
+    # folder>/wandb/offline-run-*` uploads later) | online | disabled
     mode: str = "offline"
     init_timeout_s: float = 30.0
     log_artifact: bool = False
@@ -317,8 +351,10 @@ class TrainConfig:
     evaluation: EvaluationConfig = MISSING
     mia: MiaConfig = MISSING
     logger: LoggerConfig = MISSING
-    # Total privacy budget of the release; inf = a deliberately non-private run.
+    # Total privacy budget (epsilon, delta) of the whole release; epsilon=inf is a
+    # deliberately non-private run.
     epsilon: float = 1.0
+    # The field's convention; must be below 1/N for N private training records.
     delta: float = 1e-5
     # Distilled images per class.
     ipc: int = 10
@@ -329,8 +365,9 @@ class TrainConfig:
     # randomness). true derives them from the public seed, for tests and debugging: anyone
     # with the seed can then regenerate the noise, so the run is marked NOT DP.
     reproducible_noise: bool = False
-    # Free text recorded in results.json (set by experiment presets).
-    method: str = "custom"
+    # Free text recorded in results.json: the default is DP-GenG; experiment presets set
+    # their own name.
+    method: str = "dpgeng"
 
 
 SCHEMAS: dict[str, type] = {
@@ -353,3 +390,27 @@ def register_configs() -> None:
     store.store(name="train_schema", node=TrainConfig)
     for group, schema in SCHEMAS.items():
         store.store(group=f"schema/{group}", name="base", node=schema)
+
+
+def compose(*overrides: str, config_name: str = "train") -> DictConfig:
+    """The packaged config (``dpgd.configs``) composed with Hydra command-line overrides,
+    as ``dpgd`` would run it, e.g. ``compose("experiment=ndpdc", "epsilon=10")``.
+
+    The one place outside the CLI that composes configs (tests, scripts, notebooks). It
+    registers the schemas first and works inside a running Hydra app too: an initialised
+    global Hydra is set aside for the call and restored after it.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    finally:
+        if outer is not None:
+            GlobalHydra.instance().clear()
+            GlobalHydra.instance().initialize(outer)

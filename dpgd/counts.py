@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from dpgd.privacy import SubsampledGaussian
+from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 
 COMPONENT = "counts"
 SENSITIVITY_TEXT = "one record changes one class count by 1: L2 sensitivity 1"
@@ -56,13 +57,20 @@ class ClassCounts:
         }
 
 
+def privacy_request() -> PrivacyNeed:
+    """The count release: one Gaussian release of the whole histogram."""
+    return PrivacyNeed(COMPONENT, 1.0, 1, SENSITIVITY_TEXT)
+
+
 def mechanism(noise_multiplier: float) -> SubsampledGaussian:
     """The ledger record of the count release."""
-    return SubsampledGaussian(COMPONENT, float(noise_multiplier), 1.0, 1, SENSITIVITY_TEXT)
+    [record] = privacy_request().mechanisms(noise_multiplier)
+    return record
 
 
 def release_class_counts(
-    labels: torch.Tensor, num_classes: int, noise_multiplier: float | None, generator: torch.Generator
+    labels: torch.Tensor, num_classes: int, noise_multiplier: float | None, generator: torch.Generator,
+    releases: ReleaseLog | None = None,
 ) -> ClassCounts:
     """The Gaussian release of the class histogram (``None`` = non-private run: exact counts).
 
@@ -73,4 +81,6 @@ def release_class_counts(
     if noise_multiplier is None:
         return ClassCounts(counts.clamp_(min=1.0), noisy=False)
     counts.add_(torch.randn(counts.shape, generator=generator), alpha=float(noise_multiplier))
+    if releases is not None:
+        releases.record(noise_multiplier)
     return ClassCounts(counts.clamp_(min=1.0), noisy=True, noise_std=float(noise_multiplier))

@@ -4,8 +4,8 @@ The protocol is the literature's (DC/DM/NDPDC): SGD with momentum and weight dec
 at half-time, DSA on every batch, mean and std over several fresh networks. The test set
 is touched once per run, after training: nothing is selected on it.
 
-``train_classifier`` is the shared training loop; later stages reuse it to train feature
-extractors and experts on generated pools.
+The training loop itself is :func:`dpgd.training.train_classifier`, shared with the
+stages that train networks on generated pools.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from dpgd.augment import DSA
@@ -25,6 +23,7 @@ from dpgd.data.bundle import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.models import seeded_model
 from dpgd.seeding import derive_seed, stage_generator
+from dpgd.training import test_accuracy, train_classifier
 
 
 @dataclass
@@ -48,89 +47,6 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, object]:
         return {"accuracies": list(self.accuracies), "mean": self.mean, "std": self.std, "seconds": self.seconds}
-
-
-def _check_labels(images: torch.Tensor, labels: torch.Tensor) -> None:
-    if images.dim() != 4 or images.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty (N, C, H, W) tensor, got shape {tuple(images.shape)}")
-    if labels.shape[0] != images.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-    if labels.dtype != torch.int64 and not (labels.is_floating_point() and labels.dim() == 2):
-        raise ValueError("labels must be int64 class indices or float (N, num_classes) soft labels")
-
-
-def train_classifier(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    epochs: int,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    batch_size: int,
-    lr_drop_at_half: bool,
-    dsa: DSA | None,
-    generator: torch.Generator,
-    device: torch.device,
-    progress: bool = False,
-    desc: str = "",
-) -> nn.Module:
-    """Train ``model`` in place with SGD and cross-entropy; returns it.
-
-    ``images``/``labels`` are moved to ``device`` once and batched by index (no
-    DataLoader: distilled sets and pools fit in memory). ``labels`` are int64 class
-    indices or float soft labels (N, K). Shuffling and DSA draw from ``generator`` (a CPU
-    generator keeps the order identical across devices); one DSA transform per batch.
-    """
-    _check_labels(images, labels)
-    if epochs < 0 or batch_size < 1:
-        raise ConfigError(f"epochs={epochs} and batch_size={batch_size} must be >= 0 and >= 1.")
-    model.to(device).train()
-    images = images.detach().to(device)
-    labels = labels.detach().to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    count = images.shape[0]
-    bar = tqdm(range(epochs), desc=desc or "train", disable=not progress, leave=False, dynamic_ncols=True)
-    for epoch in bar:
-        if lr_drop_at_half and epoch == epochs // 2:
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.1
-        order = torch.randperm(count, generator=generator, device=generator.device).to(device)
-        for start in range(0, count, batch_size):
-            index = order[start : start + batch_size]
-            batch = images[index]
-            if dsa is not None:
-                batch = dsa(batch, generator)
-            loss = F.cross_entropy(model(batch), labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        if progress:
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    model.eval()
-    return model
-
-
-@torch.no_grad()
-def test_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
-    """Accuracy in percent (0-100) of ``model`` on int64-labelled ``images``.
-
-    Batches move to the model's device one at a time, so the test set may stay on the CPU.
-    """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start : start + batch_size].to(device)
-        target = labels[start : start + batch_size].to(device)
-        correct += int((model(batch).argmax(dim=1) == target).sum().item())
-    model.train(was_training)
-    return 100.0 * correct / max(images.shape[0], 1)
-
-
-test_accuracy.__test__ = False  # a library function whose name pytest would otherwise collect
 
 
 def evaluate_distilled(

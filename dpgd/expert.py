@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import torch
@@ -35,27 +35,23 @@ from tqdm.auto import tqdm
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
-from dpgd.evaluation import test_accuracy, train_classifier
 from dpgd.models import seeded_model
+from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 from dpgd.privacy.randomness import NoiseSource
+from dpgd.privacy.schedules import relative_pieces
 from dpgd.seeding import derive_seed, stage_generator
+from dpgd.training import POOL_RECIPE, test_accuracy, train_on_pool
 
 log = logging.getLogger(__name__)
 
 EXPERT_SENSITIVITY = "per-sample gradient clipped to clip_norm (opacus DPOptimizer)"
 
 
-@dataclass(frozen=True)
-class ExpertNeed:
-    sample_rate: float
-    steps: int
-    sensitivity: str = EXPERT_SENSITIVITY
-
-
 FINETUNE_CHOICES = ("all", "head")
+COMPONENT = "expert"
 
 
-def privacy_request(expert_cfg: Any) -> ExpertNeed | None:
+def privacy_request(expert_cfg: Any) -> PrivacyNeed | None:
     """What the expert's fine-tuning will release; None when the stage is off."""
     if expert_cfg.name == "none":
         return None
@@ -63,7 +59,9 @@ def privacy_request(expert_cfg: Any) -> ExpertNeed | None:
         raise ConfigError(f"expert={expert_cfg.name} is unknown; choose dp_sgd or none.")
     if expert_cfg.finetune not in FINETUNE_CHOICES:
         raise ConfigError(f"expert.finetune={expert_cfg.finetune} is unknown; choose all or head.")
-    return ExpertNeed(float(expert_cfg.sample_rate), int(expert_cfg.steps))
+    steps = int(expert_cfg.steps)
+    return PrivacyNeed(COMPONENT, float(expert_cfg.sample_rate), steps, EXPERT_SENSITIVITY,
+                       relative_pieces(expert_cfg.noise_schedule, steps))
 
 
 def trainable_for_finetuning(model: nn.Module, finetune: str) -> list[nn.Parameter]:
@@ -95,6 +93,7 @@ def train_expert(
     *,
     noise: NoiseSource,
     counts: ClassCounts,
+    releases: ReleaseLog | None = None,
 ) -> Expert:
     """Pre-train on the pool, then DP-SGD fine-tune on ``dataset`` (no noise if multiplier is None).
 
@@ -114,9 +113,9 @@ def train_expert(
         model_cfg, dataset.channels, dataset.num_classes, dataset.image_size, derive_seed(seed, "expert", "init")
     )
     if expert_cfg.pretrain_epochs > 0:
-        train_classifier(
-            model, pool_images, pool_labels, epochs=int(expert_cfg.pretrain_epochs), lr=float(expert_cfg.pretrain_lr),
-            momentum=0.9, weight_decay=5e-4, batch_size=256, lr_drop_at_half=True, dsa=None,
+        train_on_pool(
+            model, pool_images, pool_labels, epochs=int(expert_cfg.pretrain_epochs),
+            recipe=replace(POOL_RECIPE, lr=float(expert_cfg.pretrain_lr)),
             generator=stage_generator(seed, "expert", "pretrain"), device=device, progress=progress,
             desc="expert pretrain",
         )
@@ -135,6 +134,10 @@ def train_expert(
         expected_batch_size=max(1, round(sample_rate * counts.total)),
         generator=noise.generator("expert", "noise", device=device),
     )
+    # opacus calls the step hook right after add_noise: one record per noisy step.
+    log_releases = releases if releases is not None else ReleaseLog(COMPONENT)
+    optimizer.attach_step_hook(
+        lambda opt: log_releases.record(opt.noise_multiplier) if opt.noise_multiplier > 0 else None)
     done = 0
     bar = tqdm(total=steps, desc="expert DP-SGD", disable=not progress, leave=False)
     while done < steps:

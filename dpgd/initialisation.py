@@ -14,28 +14,26 @@ so they cost no privacy beyond the generator's (post-processing):
 * ``random_pool``: random pool images per class.
 
 Multi-formation (factor m): each stored image packs m x m pool images, downscaled to
-``1/m`` of the side, so ``ipc`` stored images hold ``ipc * m^2`` training images. The
-stored (packed) images are what is distilled and released; :func:`expand_multi_formation`
-un-packs them (upsampling each tile back to full size, differentiably) for everything
-that trains or embeds on them: evaluation, and matching.
+``1/m`` of the side (:func:`dpgd.distilled.pack_multi_formation`), so ``ipc`` stored
+images hold ``ipc * m^2`` training images.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Optional, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dpgd.config import ModelConfig
 from dpgd.data import ImageDataset
+from dpgd.distilled import DistilledSet, pack_multi_formation
 from dpgd.errors import ConfigError
-from dpgd.evaluation import train_classifier
 from dpgd.models import seeded_model
 from dpgd.seeding import derive_seed, stage_generator
+from dpgd.training import POOL_RECIPE, train_on_pool
 
 INIT_NAMES = ("noise", "real", "kmeans", "random_pool")
 POOL_INITS = ("kmeans", "random_pool")
@@ -61,26 +59,6 @@ class PoolLike(Protocol):
 
     images: torch.Tensor
     labels: torch.Tensor
-
-
-@dataclass
-class DistilledSet:
-    """The synthetic images being distilled (normalised space) and their labels.
-
-    With ``factor`` m > 1 each stored image packs m x m half-size (for m = 2) images of
-    its label; :meth:`expanded` gives the m^2 full-size images per stored image.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    factor: int = 1
-
-    def for_class(self, label: int) -> torch.Tensor:
-        return self.images[self.labels == label]
-
-    def expanded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images, labels) with every stored image un-packed (the identity for factor 1)."""
-        return expand_multi_formation(self.images, self.labels, self.factor)
 
 
 def class_balanced_labels(num_classes: int, ipc: int) -> torch.Tensor:
@@ -133,46 +111,6 @@ def check_init(init_cfg: InitSettings, generator_name: str, image_size: Optional
         raise ConfigError(
             f"init.multi_formation={factor} must divide the image size {tuple(image_size)}; use 1 or a divisor."
         )
-
-
-# --- multi-formation ---------------------------------------------------------------
-
-
-def pack_multi_formation(images: torch.Tensor, factor: int) -> torch.Tensor:
-    """Pack each run of ``factor^2`` consecutive images into one image (row-major tiles).
-
-    Each image is downscaled (antialiased bilinear) to ``1/factor`` of the side.
-    """
-    if factor == 1:
-        return images
-    count, channels, height, width = images.shape
-    per = factor * factor
-    if count % per or height % factor or width % factor:
-        raise ValueError(f"cannot pack {count} images of {height}x{width} into {factor}x{factor} tiles")
-    tile_h, tile_w = height // factor, width // factor
-    tiles = F.interpolate(images, size=(tile_h, tile_w), mode="bilinear", antialias=True, align_corners=False)
-    tiles = tiles.view(count // per, factor, factor, channels, tile_h, tile_w)
-    return tiles.permute(0, 3, 1, 4, 2, 5).reshape(count // per, channels, height, width).contiguous()
-
-
-def expand_multi_formation(
-    images: torch.Tensor, labels: torch.Tensor, factor: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Un-pack every stored image into ``factor^2`` full-size images (bilinear upsampling).
-
-    Differentiable, so matching can run through it. Labels repeat per tile; the output is
-    ordered stored image by stored image, tiles row-major.
-    """
-    if factor == 1:
-        return images, labels
-    count, channels, height, width = images.shape
-    if height % factor or width % factor:
-        raise ValueError(f"images of {height}x{width} do not split into {factor}x{factor} tiles")
-    tile_h, tile_w = height // factor, width // factor
-    tiles = images.reshape(count, channels, factor, tile_h, factor, tile_w).permute(0, 2, 4, 1, 3, 5)
-    tiles = tiles.reshape(count * factor * factor, channels, tile_h, tile_w)
-    full = F.interpolate(tiles, size=(height, width), mode="bilinear", align_corners=False)
-    return full, labels.repeat_interleave(factor * factor)
 
 
 # --- pool-based initialisation -----------------------------------------------------
@@ -251,10 +189,10 @@ def pool_features(
     model = seeded_model(
         model_cfg, dataset.channels, dataset.num_classes, dataset.image_size, derive_seed(seed, "init", "pool_net")
     )
-    train_classifier(
-        model, pool.images, pool.labels, epochs=int(init_cfg.net_epochs), lr=float(init_cfg.net_lr),
-        momentum=0.9, weight_decay=5e-4, batch_size=int(init_cfg.net_batch_size), lr_drop_at_half=True,
-        dsa=None, generator=stage_generator(seed, "init", "pool_net", "train"), device=device,
+    train_on_pool(
+        model, pool.images, pool.labels, epochs=int(init_cfg.net_epochs),
+        recipe=replace(POOL_RECIPE, lr=float(init_cfg.net_lr), batch_size=int(init_cfg.net_batch_size)),
+        generator=stage_generator(seed, "init", "pool_net", "train"), device=device,
         progress=progress, desc="init pool net",
     )
     model.eval()

@@ -26,12 +26,13 @@ from omegaconf import DictConfig
 from dpgd import counts as class_counts
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
+from dpgd.distilled import DistilledSet
 from dpgd.errors import ConfigError
 from dpgd.expert import ExpertAlignment, pool_accuracy, train_expert
-from dpgd.generators import generate_pool, pool_report
-from dpgd.initialisation import POOL_INITS, DistilledSet, check_init, initialise, initialise_from_pool
-from dpgd.matching import PoolTrainedExtractors, RandomExtractors, match
-from dpgd.privacy import PrivacyLedger
+from dpgd.generators import Pool, generate_pool, pool_report
+from dpgd.initialisation import POOL_INITS, check_init, initialise, initialise_from_pool
+from dpgd.matching import ExtractorSource, PoolTrainedExtractors, RandomExtractors, match
+from dpgd.privacy import NoisePlan, PrivacyLedger, ReleaseLog, SubsampledGaussian, declare_planned
 from dpgd.privacy.randomness import NoiseSource
 from dpgd.seeding import stage_generator
 from dpgd.tracking import Tracker
@@ -55,7 +56,7 @@ class StageTimer:
             log.info("stage %s done in %.1f s", name, self.seconds[name])
 
 
-def planned_multiplier(plan: Any, component: str) -> float | None:
+def planned_multiplier(plan: NoisePlan | None, component: str) -> float | None:
     """The plan's noise multiplier for a component, or None if it has no share (or no plan)."""
     if plan is None or component not in plan.multipliers:
         return None
@@ -77,24 +78,31 @@ def run_noise(cfg: DictConfig) -> NoiseSource:
     return NoiseSource.for_run(int(cfg.seed), is_private(cfg), bool(cfg.reproducible_noise))
 
 
-def release_counts(cfg: DictConfig, dataset: ImageDataset, plan: Any, ledger: PrivacyLedger,
+def release_counts(cfg: DictConfig, dataset: ImageDataset, plan: NoisePlan | None, ledger: PrivacyLedger,
                    noise: NoiseSource) -> ClassCounts:
     """The noisy class histogram (exact only in a non-private run), declared before it is drawn."""
-    sigma = planned_multiplier(plan, class_counts.COMPONENT)
-    if sigma is None and is_private(cfg) and plan is not None:
-        raise ConfigError("a private run must release its class counts with noise; set budget.counts > 0.")
-    if sigma is not None:
-        ledger.declare(class_counts.mechanism(sigma))
+    sigma = None
+    if plan is not None:
+        if class_counts.COMPONENT not in plan.multipliers:
+            raise ConfigError("a private run must release its class counts with noise; set budget.counts > 0.")
+        [sigma] = declare_planned(ledger, plan, class_counts.COMPONENT)
+    releases = ReleaseLog(class_counts.COMPONENT)
     counts = class_counts.release_class_counts(dataset.train_labels, dataset.num_classes, sigma,
-                                               noise.generator("counts", "noise"))
+                                               noise.generator("counts", "noise"), releases)
+    releases.check(planned_records(plan, class_counts.COMPONENT))
     check_counts(cfg, counts, dataset.class_names)
     return counts
+
+
+def planned_records(plan: NoisePlan | None, component: str) -> tuple[SubsampledGaussian, ...]:
+    """The records a component declared (none in a run without a plan)."""
+    return () if plan is None else plan.mechanisms_for(component)
 
 
 def distill(
     cfg: DictConfig,
     dataset: ImageDataset,
-    plan: Any,
+    plan: NoisePlan | None,
     ledger: PrivacyLedger,
     device: torch.device,
     tracker: Tracker | None = None,
@@ -153,7 +161,7 @@ def distill(
 
 
 def build_alignment(
-    cfg: DictConfig, dataset: ImageDataset, pool: Any, plan: Any, ledger: PrivacyLedger,
+    cfg: DictConfig, dataset: ImageDataset, pool: Pool | None, plan: NoisePlan | None, ledger: PrivacyLedger,
     device: torch.device, progress: bool, metrics: dict[str, Any] | None, tracker: Tracker,
     *, noise: NoiseSource, counts: ClassCounts,
 ) -> ExpertAlignment:
@@ -164,11 +172,11 @@ def build_alignment(
             raise ConfigError("expert=dp_sgd fine-tunes on private data but has no budget; set budget.expert > 0.")
         # The planned records (one per piece of the noise schedule) and the per-step sigmas
         # the fine-tuning runs with: both come from the same plan records.
-        for mechanism in plan.mechanisms_for("expert"):
-            ledger.declare(mechanism)
-        noise_multiplier = plan.schedule_for("expert")
+        noise_multiplier = declare_planned(ledger, plan, "expert")
+    releases = ReleaseLog("expert")
     expert = train_expert(cfg.expert, cfg.model, pool.images, pool.labels, dataset, noise_multiplier,
-                          cfg.seed, device, progress, noise=noise, counts=counts)
+                          cfg.seed, device, progress, noise=noise, counts=counts, releases=releases)
+    releases.check(planned_records(plan, "expert"))
     if metrics is not None:
         accuracy = pool_accuracy(expert, dataset)
         metrics["expert"] = {"test_acc": accuracy}
@@ -184,9 +192,9 @@ def run_matching(
     cfg: DictConfig,
     dataset: ImageDataset,
     distilled: DistilledSet,
-    pool: Any,
+    pool: Pool | None,
     alignment: ExpertAlignment | None,
-    plan: Any,
+    plan: NoisePlan | None,
     ledger: PrivacyLedger,
     device: torch.device,
     tracker: Tracker,
@@ -201,10 +209,8 @@ def run_matching(
             raise ConfigError(
                 "matcher=dp_feature with epsilon=inf has no noise plan; use matcher=dm for a non-private run."
             )
-        for mechanism in plan.mechanisms_for("matcher"):
-            ledger.declare(mechanism)
         # One sigma per iteration, built from the same records the ledger holds.
-        noise_multiplier = plan.schedule_for("matcher")
+        noise_multiplier = declare_planned(ledger, plan, "matcher")
         pieces = plan.pieces_for("matcher")
         log.info("matcher: noise multiplier %.4f -> %.4f (%d pieces) for %d iterations at q=%.4f",
                  noise_multiplier[0], noise_multiplier[-1], len(pieces), cfg.matcher.iterations,
@@ -213,7 +219,7 @@ def run_matching(
     if cfg.matcher.extractors == "pool_trained":
         if pool is None:
             raise ConfigError("matcher.extractors=pool_trained needs a generated pool; set a generator or use extractors=random.")
-        extractors: Any = PoolTrainedExtractors(
+        extractors: ExtractorSource = PoolTrainedExtractors(
             cfg.model, pool.images, pool.labels, dataset, cfg.matcher.num_extractors, cfg.matcher.extractor_epochs,
             cfg.matcher.extractor_checkpoints, cfg.seed, pick, device, progress,
         )
@@ -227,14 +233,16 @@ def run_matching(
         if iteration % log_every == 0 or iteration == cfg.matcher.iterations - 1:
             tracker.log("match", values, step=iteration)
 
+    releases = ReleaseLog("matcher")
     images, stats = match(
         distilled.images, distilled.labels, dataset, cfg.matcher, extractors, noise_multiplier,
         generator=stage_generator(cfg.seed, "match", "augment"),
         noise_generator=noise.generator("match", "noise"),
         sampling_generator=noise.generator("match", "sampling"),
-        counts=counts,
+        counts=counts, releases=releases,
         device=device, on_iteration=on_iteration, progress=progress,
         factor=distilled.factor, extra_loss=alignment,
     )
+    releases.check(planned_records(plan, "matcher") if cfg.matcher.name == "dp_feature" else ())
     # Seconds per iteration depend on the Poisson batch sizes (hence on N): not tracked.
     return DistilledSet(images, distilled.labels, factor=distilled.factor)

@@ -25,6 +25,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.utils import make_grid, save_image
 
+from dpgd.distilled import expand_multi_formation
+from dpgd.storage import atomic_write_text
+
 RESULTS_FILE = "results.json"
 DISTILLED_FILE = "distilled.pt"
 GRID_FILE = "distilled.png"
@@ -67,8 +70,9 @@ def _json_ready(value: Any) -> Any:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a killed run never leaves a half-written results or ledger file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_ready(payload), indent=2, allow_nan=True) + "\n")
+    atomic_write_text(json.dumps(_json_ready(payload), indent=2, allow_nan=True) + "\n", path)
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -114,8 +118,6 @@ class DistilledDataset(Dataset):
     """
 
     def __init__(self, payload: dict[str, Any]) -> None:
-        from dpgd.initialisation import expand_multi_formation
-
         self.factor: int = int(payload.get("factor", 1))
         self.stored_images: torch.Tensor = payload["images"]
         self.stored_labels: torch.Tensor = payload["labels"]

@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 class Tracker:
     """The no-op tracker (``logger=none``); :class:`WandbTracker` overrides every method."""
 
-    run_dir: Path | None = None
-
     def log(self, stage: str, metrics: dict[str, float], step: int | None = None) -> None:
         pass
 
@@ -48,7 +46,6 @@ class WandbTracker(Tracker):
     def __init__(self, run: Any) -> None:
         self._run = run
         self._stages: set[str] = set()
-        self.run_dir = Path(run.dir).parent if run is not None and run.dir else None
 
     def log(self, stage: str, metrics: dict[str, float], step: int | None = None) -> None:
         if stage not in self._stages:

@@ -9,7 +9,6 @@ user errors (:class:`~dpgd.errors.DpgdError`) into one short message and exit st
 from __future__ import annotations
 
 import logging
-import math
 import platform
 import resource
 import sys
@@ -26,15 +25,13 @@ from dpgd import results as artifacts
 from dpgd.budget import plan_run
 from dpgd.config import register_configs
 from dpgd.data import ImageDataset, load_dataset
+from dpgd.distilled import DistilledSet
 from dpgd.errors import DpgdError
 from dpgd.evaluation import evaluate_distilled
-from dpgd.initialisation import DistilledSet
 from dpgd.mia.stage import check_mia, check_mia_settings, run_attack
 from dpgd.pipeline import StageTimer, distill, run_noise
-from dpgd.privacy import ADJACENCY, PrivacyLedger
-from dpgd.privacy.public import PUBLIC_ASSUMPTIONS
-from dpgd.privacy.randomness import NoiseSource
-from dpgd.privacy.randomness import describe as describe_noise
+from dpgd.privacy import PrivacyLedger
+from dpgd.privacy.summary import ledger_document, privacy_summary
 from dpgd.tracking import Tracker, open_tracker
 from dpgd.validation import check_config, is_private, resolve_device
 
@@ -118,7 +115,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
             )
         tracker.log("eval", {"test_acc_mean": evaluation.mean, "test_acc_std": evaluation.std})
 
-        privacy = privacy_summary(cfg, ledger, noise)
+        privacy = privacy_summary(ledger, epsilon_target=float(cfg.epsilon), delta=float(cfg.delta), noise=noise)
         results = {
             "dataset": dataset.name,
             "method": cfg.method,
@@ -161,30 +158,6 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
         tracker.finish(exit_code=exit_code)
 
 
-def privacy_summary(cfg: DictConfig, ledger: PrivacyLedger, noise: NoiseSource) -> dict[str, Any]:
-    """``results.json["privacy"]``: recomputed from the ledger, never copied from the config.
-
-    ``dp`` is true only for a private run whose noise was secret; the same keys are written
-    for every run.
-    """
-    if not is_private(cfg):
-        report: dict[str, Any] = {"epsilon": math.inf, "epsilon_rdp": math.inf, "delta": float(cfg.delta),
-                                  "accountant": None, "eps_error": 0.0, "mechanisms": [], "note": "epsilon=inf"}
-    else:
-        report = ledger.report(float(cfg.delta)).to_dict()
-        if report["epsilon"] > float(cfg.epsilon):
-            raise RuntimeError(
-                f"privacy bug: the ledger composes to epsilon={report['epsilon']:.4f} above the target {cfg.epsilon}"
-            )
-    report["dp"] = is_private(cfg) and noise.is_secret
-    report["non_private"] = not is_private(cfg)
-    report["noise"] = describe_noise(noise) if is_private(cfg) else "none: epsilon=inf adds no noise"
-    report["release_id"] = ledger.release_id
-    report["adjacency"] = ADJACENCY
-    report["public_assumptions"] = list(PUBLIC_ASSUMPTIONS)
-    return report
-
-
 def write_release(
     output_dir: Path,
     cfg: DictConfig,
@@ -222,17 +195,11 @@ def write_release(
         "privacy/dp": privacy["dp"],
     })
 
-    if cfg.logger.get("log_artifact", False):
+    if cfg.logger.log_artifact:
         tracker.log_file_artifact(f"distilled-{dataset.name}", "distilled-set", release / artifacts.DISTILLED_FILE)
     status = "" if privacy["dp"] else " (NOT DP)" if is_private(cfg) else " (non-private run)"
     log.info("test accuracy %.2f +- %.2f %% | epsilon %.4g%s | release in %s",
              results["test_acc_mean"], results["test_acc_std"], privacy["epsilon"], status, release)
-
-
-def ledger_document(ledger: PrivacyLedger, report: dict[str, Any]) -> dict[str, Any]:
-    """``privacy_ledger.json``: the report plus the ledger's format keys, so
-    :meth:`PrivacyLedger.from_dict` loads it back."""
-    return report | {key: value for key, value in ledger.to_dict().items() if key != "mechanisms"}
 
 
 def write_private(output_dir: Path, diagnostics: dict[str, Any], mia: dict[str, Any] | None) -> None:

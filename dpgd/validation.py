@@ -43,7 +43,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"delta={cfg.delta} must lie in (0, 1); the field's convention is delta=1e-5.")
     if cfg.ipc < 1:
         raise ConfigError(f"ipc={cfg.ipc}: the distilled set needs at least one image per class.")
-    fractions = {key: float(cfg.budget[key]) for key in ("generator", "matcher", "expert")}
+    fractions = {key: float(getattr(cfg.budget, key)) for key in ("generator", "matcher", "expert")}
     for key, value in fractions.items():
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"budget.{key}={value} must be a fraction in [0, 1].")
@@ -62,7 +62,7 @@ def check_config(cfg: DictConfig) -> None:
         )
     if is_private(cfg):
         for (group, name), why in NON_PRIVATE_ONLY.items():
-            if cfg[group].name == name:
+            if getattr(cfg, group).name == name:
                 raise ConfigError(
                     f"{group}={name} is only allowed with epsilon=inf ({why}); "
                     f"got epsilon={cfg.epsilon}. Use epsilon=inf or pick another {group}."

@@ -109,7 +109,7 @@ def main() -> None:
                 cfg = generator_cfg(gen_name, args, public)
                 need = build_generator(cfg, progress=False).privacy_request()
                 for epsilon in args.epsilons:
-                    plan = plan_budget(epsilon, args.delta, [need.component_request(1.0)])
+                    plan = plan_budget(epsilon, args.delta, [need.request(1.0)])
                     sigma = plan.for_component("generator")
                     generator = build_generator(cfg, progress=sys.stderr.isatty())
                     started = time.perf_counter()

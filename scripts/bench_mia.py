@@ -26,9 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
-
-from dpgd.config import register_configs
+from dpgd.config import compose
 from dpgd.data import load_dataset
 from dpgd.mia.stage import run_attack
 from dpgd.tracking import Tracker
@@ -66,18 +64,15 @@ def parse_args() -> argparse.Namespace:
 
 
 def attack(overrides: list[str], folder: Path, dataset) -> dict:
-    with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*SHARED, *overrides])
+    cfg = compose(*SHARED, *overrides)
     return run_attack(cfg, dataset, torch.device("cpu"), folder, Tracker(), progress=False)
 
 
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)
-    register_configs()
     root = args.out or Path(tempfile.mkdtemp(prefix="bench_mia_"))
-    with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
-        dataset = load_dataset(compose(config_name="train", overrides=["logger=none"]).dataset)
+    dataset = load_dataset(compose("logger=none").dataset)
     print(f"settings: digits ({dataset.num_train} train records), {' '.join(SHARED)}, evaluation protocol "
           f"otherwise (batch 256, DSA); torch threads 1; folders under {root}")
     methods = METHODS + (REST_METHODS if args.rest else [])

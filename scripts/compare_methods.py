@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from dpgd.config import register_configs
+from dpgd.config import compose
 from dpgd.report import RunRecord, aggregate, finished_results, markdown_table, read_diagnostics
 from dpgd.results import release_dir
 from dpgd.train import run
@@ -33,7 +32,8 @@ from dpgd.train import run
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {
     "digits": ["dataset=digits"],
-    "cifar10-mini": ["dataset=imagefolder", f"dataset.root={REPO.parent / 'shared' / 'data' / 'cifar10-mini'}"],
+    # The configs' cifar10_mini preset (an imagefolder), pinned to the slice beside this checkout.
+    "cifar10-mini": ["dataset=cifar10_mini", f"dataset.root={REPO.parent / 'shared' / 'data' / 'cifar10-mini'}"],
 }
 METHODS = {
     "dpgeng": ["experiment=dpgeng"],
@@ -50,8 +50,7 @@ def run_or_reuse(overrides: list[str], folder: Path) -> tuple[dict[str, Any], fl
     """Compose the packaged config with ``overrides`` and run it into ``folder``, unless the
     folder already holds a run of exactly that resolved config: (results, seconds, reused).
     For a reused run, seconds is the sum of its recorded stage timings."""
-    with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose(*overrides)
     results = finished_results(folder, OmegaConf.to_container(cfg, resolve=True))
     if results is not None:
         return results, sum(read_diagnostics(folder).get("timings_s", {}).values()), True
@@ -71,7 +70,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    register_configs()
     dataset = DATASETS.get(args.dataset, ["dataset=imagefolder", f"dataset.root={args.dataset}"])
     args.out.mkdir(parents=True, exist_ok=True)
     records: list[RunRecord] = []

@@ -21,8 +21,6 @@ from pathlib import Path
 
 from compare_methods import DATASETS, run_or_reuse
 
-from dpgd.config import register_configs
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,7 +36,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/compare_schedules"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    register_configs()
     dataset = DATASETS.get(args.dataset, ["dataset=imagefolder", f"dataset.root={args.dataset}"])
     args.out.mkdir(parents=True, exist_ok=True)
     rows, runs = [], []

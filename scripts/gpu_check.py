@@ -89,10 +89,8 @@ def main() -> int:
         args.train_per_class = min(args.train_per_class, 30)
         args.test_per_class = min(args.test_per_class, 10)
 
-    from hydra import compose, initialize_config_module
-
     import dpgd.pipeline as pipeline
-    from dpgd.config import register_configs
+    from dpgd.config import compose
     from dpgd.train import run
 
     matching_stats = []
@@ -119,9 +117,7 @@ def main() -> int:
             "experiment=paper_cifar10", "dataset=imagefolder", f"dataset.root={data_root}", f"dataset.image_size={SIZE}",
             f"epsilon={args.epsilon}", f"device={'cuda' if cuda else 'cpu'}", *SHORT, *(TINY if args.tiny else []), *args.set,
         ]
-        register_configs()
-        with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose(*overrides)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         out = args.out or Path(tmp) / "run"

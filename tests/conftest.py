@@ -16,7 +16,10 @@ os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 os.environ.setdefault("DPGD_CACHE_DIR", tempfile.mkdtemp(prefix="dpgd-test-pools-"))
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR10_MINI = (REPO.parent / "shared" / "data" / "cifar10-mini").resolve()
+CIFAR10_MINI = Path(os.environ.get("DPGD_CIFAR10_MINI", REPO.parent / "shared" / "data" / "cifar10-mini")).resolve()
+# The dataset=cifar10_mini preset reads this variable (its fallback is relative to the
+# current folder, and CLI tests run from temporary folders).
+os.environ["DPGD_CIFAR10_MINI"] = str(CIFAR10_MINI)
 
 
 @pytest.fixture(scope="session")
@@ -27,20 +30,11 @@ def cifar10_mini() -> Path:
 
 
 @pytest.fixture
-def compose(tmp_path):
-    """Compose the packaged config with overrides, as the CLI would."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
+def compose():
+    """Compose the packaged config with overrides, as the CLI would (dpgd.config.compose)."""
+    from dpgd.config import compose
 
-    from dpgd.config import register_configs
-
-    register_configs()
-
-    def _compose(*overrides: str):
-        with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
-            return hydra_compose(config_name="train", overrides=list(overrides))
-
-    return _compose
+    return compose
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def test_default_run_from_another_folder_writes_the_artifacts(tmp_path):
 
 def test_imagefolder_non_private_run(tmp_path, cifar10_mini):
     proc = run_cli(
-        ["dataset=imagefolder", f"dataset.root={cifar10_mini}", "experiment=dm",
+        ["dataset=cifar10_mini", "experiment=dm",
          "logger=none", "dataset.max_train_per_class=50", "matcher.batch_real=32", *QUICK],
         cwd=tmp_path,
     )

@@ -12,7 +12,8 @@ from dpgd.augment import DSA, DSAParams, OPERATIONS
 from dpgd.config import EvaluationConfig, ModelConfig
 from dpgd.data.bundle import ImageDataset
 from dpgd.errors import ConfigError
-from dpgd.evaluation import EvalResult, evaluate_distilled, test_accuracy, train_classifier
+from dpgd.evaluation import EvalResult, evaluate_distilled
+from dpgd.training import test_accuracy, train_classifier
 
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
@@ -124,6 +125,7 @@ def _real_subset(dataset: ImageDataset, per_class: int, seed: int) -> tuple[torc
 MODEL = ModelConfig(name="convnet", width=64, depth=None, norm="instancenorm")
 
 
+@pytest.mark.slow
 def test_evaluation_learns_digits_from_ten_per_class(digits_split: ImageDataset) -> None:
     images, labels = _real_subset(digits_split, 10, seed=0)
     cfg = EvaluationConfig(runs=2, epochs=100)

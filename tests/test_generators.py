@@ -64,7 +64,7 @@ def test_privacy_requests_are_known_before_data() -> None:
     assert privacy_request(gen_cfg("dp_sgd", dp_sgd__steps=7)).steps == 7
     need = privacy_request(gen_cfg("pe", pe__rounds=4))
     assert (need.sample_rate, need.steps) == (1.0, 4)
-    request = need.component_request(0.3)
+    request = need.request(0.3)
     assert (request.name, request.fraction, request.sample_rate, request.steps) == ("generator", 0.3, 1.0, 4)
     with pytest.raises(ConfigError, match="unknown"):
         privacy_request(gen_cfg("gan"))

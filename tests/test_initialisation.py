@@ -11,15 +11,8 @@ from dpgd.config import DatasetConfig, InitConfig, ModelConfig
 from dpgd.data import load_dataset
 from dpgd.errors import ConfigError
 from dpgd.generators import Pool
-from dpgd.initialisation import (
-    DistilledSet,
-    check_init,
-    expand_multi_formation,
-    initialise,
-    initialise_from_pool,
-    kmeans_nearest,
-    pack_multi_formation,
-)
+from dpgd.distilled import DistilledSet, expand_multi_formation, pack_multi_formation
+from dpgd.initialisation import check_init, initialise, initialise_from_pool, kmeans_nearest
 
 CPU = torch.device("cpu")
 

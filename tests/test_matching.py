@@ -63,7 +63,7 @@ def test_each_iteration_draws_noise_exactly_once(monkeypatch):
         calls.append(out.clone())
         return out
 
-    monkeypatch.setattr(matching, "release_noisy_class_sums", spy)
+    monkeypatch.setattr(matching.loop, "release_noisy_class_sums", spy)
     cfg = MatcherConfig(name="dp_feature", iterations=5, lr_images=10.0, sample_rate=0.2, dsa=False)
     start = initialise("noise", dataset, 2, 1.0, torch.Generator().manual_seed(0))
     extractors = matching.RandomExtractors(ModelConfig(width=16), 1, 10, (8, 8), torch.Generator().manual_seed(0), torch.device("cpu"))

@@ -14,7 +14,8 @@ from dpgd.errors import ConfigError
 from dpgd.mia import shadows
 from dpgd.mia.lira import lira_scores, logit_scaled_confidence
 from dpgd.mia.metrics import downsample_roc, roc_metrics
-from dpgd.mia.shadows import SHADOW_DIR, membership_matrix
+from dpgd.mia.design import membership_matrix
+from dpgd.mia.shadows import SHADOW_DIR
 from dpgd.mia.stage import ROC_FILE, run_attack
 from dpgd.tracking import Tracker
 
@@ -49,17 +50,13 @@ class RecordingTracker(Tracker):
 @pytest.fixture(scope="module")
 def attack(tmp_path_factory, digits):
     """Run (and memoise) an attack for a tuple of overrides; returns (results, tracker, folder)."""
-    from hydra import compose, initialize_config_module
+    from dpgd.config import compose
 
-    from dpgd.config import register_configs
-
-    register_configs()
     cache: dict[tuple[str, ...], tuple[dict, RecordingTracker, Path]] = {}
 
     def _attack(*overrides: str):
         if overrides not in cache:
-            with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
-                cfg = compose(config_name="train", overrides=list(overrides))
+            cfg = compose(*overrides)
             folder = tmp_path_factory.mktemp("mia")
             tracker = RecordingTracker()
             results = run_attack(cfg, digits, torch.device("cpu"), folder, tracker, progress=False)
@@ -165,6 +162,7 @@ def test_lira_finds_a_membership_shift_and_is_unbiased_without_one():
 # ---------------------------------------------------------------- the attack on digits
 
 
+@pytest.mark.slow
 def test_leaky_release_is_detected_and_logged(attack):
     results, tracker, folder = attack("experiment=leaky_baseline", "logger=none", "mia.log_to_wandb=true")
     assert results["attack"] == "lira" and results["num_shadow"] == 8 and results["population"] == 200
@@ -183,6 +181,7 @@ def test_leaky_release_is_detected_and_logged(attack):
     assert {("log", "mia/auc"), ("log", "mia/offline/tpr_at_0.1pct_fpr"), ("summary", "mia/auc")} <= set(tracker.calls)
 
 
+@pytest.mark.slow
 def test_dp_release_stays_near_chance_and_below_the_leaky_one(attack):
     leaky, _, _ = attack("experiment=leaky_baseline", "logger=none", "mia.log_to_wandb=true")
     dp, _, _ = attack("experiment=ndpdc", "epsilon=1", "matcher.iterations=50", *LIRA)

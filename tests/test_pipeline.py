@@ -18,17 +18,13 @@ FAST = ["logger=none", "evaluation.epochs=100", "evaluation.runs=2"]
 
 @pytest.fixture(scope="module")
 def run_with(tmp_path_factory):
-    from hydra import compose, initialize_config_module
+    from dpgd.config import compose
 
-    from dpgd.config import register_configs
-
-    register_configs()
     cache = {}
 
     def _run(*overrides: str):
         if overrides not in cache:
-            with initialize_config_module(config_module="dpgd.configs", version_base="1.3"):
-                cfg = compose(config_name="train", overrides=[*FAST, *overrides])
+            cfg = compose(*FAST, *overrides)
             cache[overrides] = train.run(cfg, tmp_path_factory.mktemp("run"))
         return cache[overrides]
 
@@ -70,6 +66,7 @@ def test_results_contract_and_artifacts(run_with):
     assert (result.release_dir / "distilled.png").stat().st_size > 100
 
 
+@pytest.mark.slow
 def test_non_private_run_records_infinity_explicitly(run_with):
     result = run_with("experiment=dm", "matcher.iterations=100")
     text = (result.release_dir / "results.json").read_text()
@@ -77,6 +74,7 @@ def test_non_private_run_records_infinity_explicitly(run_with):
     assert json.loads(text)["privacy"]["epsilon"] == math.inf
 
 
+@pytest.mark.slow
 def test_dm_beats_noise_initialisation(run_with):
     dm = run_with("experiment=dm", "matcher.iterations=100")
     noise = run_with("experiment=dm", "matcher=none")
@@ -84,6 +82,7 @@ def test_dm_beats_noise_initialisation(run_with):
     assert dm.test_acc_mean > noise.test_acc_mean + 40
 
 
+@pytest.mark.slow
 def test_more_budget_gives_better_ndpdc(run_with):
     high = run_with("experiment=ndpdc", "epsilon=10")
     low = run_with("experiment=ndpdc", "epsilon=0.1")
@@ -120,15 +119,9 @@ def test_bad_settings_are_refused_before_any_stage(tmp_path, compose, overrides,
     assert not list(tmp_path.rglob("results.json"))
 
 
-SHORT_DPGENG = (
-    "generator.dp_merf.steps=100", "generator.pool_per_class=100", "generator.report_epochs=5",
-    "init.net_epochs=5", "expert.pretrain_epochs=5", "expert.steps=50", "matcher.iterations=50",
-    "matcher.extractor_epochs=6",
-)
-
-
 def test_dpgeng_ledger_composes_generator_matcher_and_expert(run_with):
-    result = run_with("epsilon=1", *SHORT_DPGENG)
+    # configs/debug/short.yaml: the default method shortened (pool 100 per class, 50 iterations).
+    result = run_with("epsilon=1", "debug=short")
     privacy = result.results["privacy"]
     assert result.results["method"] == "dpgeng"
     assert sorted(m["component"] for m in privacy["mechanisms"]) == ["counts", "expert", "generator", "matcher"]

@@ -31,6 +31,7 @@ from dpgd.privacy import (
     plan_budget,
 )
 from dpgd.privacy import analysis
+from dpgd.privacy.summary import ledger_document
 
 DELTA = 1e-5
 
@@ -247,7 +248,8 @@ def test_ledger_json_roundtrip_reproduces_report(tmp_path):
         SubsampledGaussian("expert", 1.1, 0.02, 500, "per-sample gradient clip"),
     )
     path = tmp_path / "privacy_ledger.json"
-    ledger.save_json(path)
+    # What a run writes: the report with the ledger's format keys.
+    path.write_text(json.dumps(ledger_document(ledger, ledger.report(DELTA).to_dict())))
     loaded = PrivacyLedger.load_json(path)
     assert loaded.mechanisms == ledger.mechanisms
     assert loaded.components() == ("generator", "matcher", "expert")

@@ -24,11 +24,8 @@ from dpgd.report import composed_privacy, find_runs
 from dpgd.results import RELEASE_DIR, release_dir
 from dpgd.seeding import stage_generator
 
-# Tiny settings: every stage runs, in seconds.
-TINY = ["logger=none", "evaluation.epochs=10", "evaluation.runs=1", "matcher.iterations=10",
-        "generator.dp_merf.steps=10", "generator.report_epochs=0", "init.net_epochs=3",
-        "matcher.extractor_epochs=3", "matcher.num_extractors=1", "expert.pretrain_epochs=1", "expert.steps=5",
-        "generator.pool_per_class=30", "expert.reference_per_class=10"]
+# Tiny settings (configs/debug/tiny.yaml): every stage runs, in seconds.
+TINY = ["logger=none", "debug=tiny"]
 
 
 @pytest.fixture
@@ -283,3 +280,36 @@ def test_sweep_of_reproducible_runs_is_not_dp(run_cfg, tmp_path):
         run_cfg("experiment=ndpdc", f"epsilon={epsilon}", "reproducible_noise=true", folder=f"sweep/eps{epsilon}")
     [info] = composed_privacy(find_runs(tmp_path / "sweep")).values()
     assert math.isinf(info["epsilon"]) and "reproducible" in info["note"]
+
+
+# --- the DP-component seam: what ran equals what was declared --------------------------------
+
+
+def test_release_log_checks_each_release_against_the_declared_records():
+    from dpgd.privacy import ReleaseLog, SubsampledGaussian
+
+    declared = [SubsampledGaussian("matcher", 3.0, 0.1, 2, "C"), SubsampledGaussian("matcher", 2.0, 0.1, 1, "C")]
+    log = ReleaseLog("matcher")
+    for sigma in (3.0, 3.0, 2.0):
+        log.record(sigma)
+    log.check(declared)
+    for ran in ([3.0, 3.0], [3.0, 3.0, 2.0, 2.0], [3.0, 2.0, 2.0], [3.0, 3.0, 0.2]):
+        wrong = ReleaseLog("matcher", list(ran))
+        with pytest.raises(RuntimeError, match="privacy bug: component 'matcher'"):
+            wrong.check(declared)
+
+
+def test_a_skipped_noisy_step_of_the_expert_fails_the_run(run_cfg, monkeypatch):
+    """Inject a bug: opacus skips adding noise at one step; the run must stop, not report eps."""
+    from opacus.optimizers import DPOptimizer
+
+    real_skip = DPOptimizer._check_skip_next_step
+    calls = []
+
+    def skip_third(self, pop_next=True):
+        calls.append(1)
+        return len(calls) == 3 or real_skip(self, pop_next)
+
+    monkeypatch.setattr(DPOptimizer, "_check_skip_next_step", skip_third)
+    with pytest.raises(RuntimeError, match="privacy bug: component 'expert' ran 4 Gaussian releases"):
+        run_cfg("experiment=dpgeng")

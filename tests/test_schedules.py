@@ -103,7 +103,7 @@ def test_match_uses_and_logs_the_per_iteration_sigma(monkeypatch):
         used.append(noise_multiplier)
         return real_release(embeddings, labels, num_classes, clip_norm, noise_multiplier, noise_generator)
 
-    monkeypatch.setattr(matching, "release_noisy_class_sums", spy)
+    monkeypatch.setattr(matching.loop, "release_noisy_class_sums", spy)
     cfg = MatcherConfig(name="dp_feature", iterations=4, lr_images=10.0, sample_rate=0.2, dsa=False)
     start = initialise("noise", dataset, 1, 1.0, torch.Generator().manual_seed(0))
     logged = []

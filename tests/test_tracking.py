@@ -47,6 +47,7 @@ def test_offline_wandb_run_holds_summary_ledger_and_config(tmp_path, compose):
     assert logged == {"init", "distilled"}
 
 
+@pytest.mark.slow
 def test_two_runs_in_one_process_make_two_wandb_runs(tmp_path, compose):
     for epsilon in ("1", "5"):
         train.run(compose("logger=wandb", f"epsilon={epsilon}", *TINY), tmp_path / epsilon, run_name=f"epsilon={epsilon}")

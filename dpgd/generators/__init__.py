@@ -9,7 +9,8 @@ For the run: :func:`privacy_request` (budget planning, before any data is read),
 and :func:`pool_report` (pool accuracy and grid, reporting only).
 """
 
-from dpgd.generators.base import GENERATOR_COMPONENT, Pool, PoolGenerator, PrivacyNeed
+from dpgd.generators.base import GENERATOR_COMPONENT, Pool, PoolGenerator
+from dpgd.privacy.components import PrivacyNeed
 from dpgd.generators.registry import GENERATOR_NAMES, GENERATORS, build_generator, privacy_request
 from dpgd.generators.stage import generate_pool, pool_report
 

@@ -24,7 +24,8 @@ from dpgd.counts import ClassCounts
 from dpgd.privacy.randomness import NoiseSource
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
-from dpgd.privacy import ComponentRequest, SubsampledGaussian
+from dpgd.privacy import SubsampledGaussian
+from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 
 # The component name every generator mechanism is recorded under (the budget's key).
 GENERATOR_COMPONENT = "generator"
@@ -41,27 +42,6 @@ class GeneratorSettings(Protocol):
     dp_merf: Any
     dp_sgd: Any
     pe: Any
-
-
-@dataclass(frozen=True)
-class PrivacyNeed:
-    """What a generator will run, known before any data is read: ``steps`` releases of a
-    Gaussian mechanism on a Poisson sample at ``sample_rate``; ``sensitivity`` says in words
-    what bounds the L2 sensitivity (the noise std is multiplier x that bound)."""
-
-    sample_rate: float
-    steps: int
-    sensitivity: str
-
-    def component_request(self, fraction: float) -> ComponentRequest:
-        """The planner's request for the ``generator`` component at a share of epsilon."""
-        return ComponentRequest(GENERATOR_COMPONENT, float(fraction), self.sample_rate, self.steps, self.sensitivity)
-
-    def mechanisms(self, noise_multiplier: float) -> tuple[SubsampledGaussian, ...]:
-        """The records of running this need at ``noise_multiplier`` (validated on construction)."""
-        return (
-            SubsampledGaussian(GENERATOR_COMPONENT, noise_multiplier, self.sample_rate, self.steps, self.sensitivity),
-        )
 
 
 @dataclass
@@ -136,13 +116,15 @@ class PoolGenerator(ABC):
     @abstractmethod
     def fit_and_sample(
         self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device,
-        *, noise: NoiseSource, counts: ClassCounts,
+        *, noise: NoiseSource, counts: ClassCounts, releases: ReleaseLog | None = None,
     ) -> Pool:
         """Fit on ``dataset`` with noise ``noise_multiplier`` and sample the pool.
 
         Noise and Poisson masks of the DP release come from ``noise`` (secret per run);
         ``seed`` drives only public randomness (initial weights, latents, sampling the
-        pool). Any class count comes from ``counts`` (the run's noisy histogram).
+        pool). Any class count comes from ``counts`` (the run's noisy histogram). Every
+        Gaussian release drawn is recorded in ``releases`` (the stage checks it against
+        the declared records).
         """
 
 

@@ -54,6 +54,7 @@ from dpgd.data import ImageDataset, hash_train_split
 from dpgd.errors import ConfigError
 from dpgd.generators.base import GeneratorSettings, Pool
 from dpgd.privacy import SubsampledGaussian
+from dpgd.storage import atomic_torch_save
 
 log = logging.getLogger("dpgd")
 
@@ -225,8 +226,7 @@ def cache_path(cache_dir: Path, key: str) -> Path:
 def save_pool(path: Path, pool: Pool, key: str) -> None:
     """Write atomically (a crash never leaves a half-written pool)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(
+    atomic_torch_save(
         {
             "version": CACHE_VERSION,
             "key": key,
@@ -236,9 +236,8 @@ def save_pool(path: Path, pool: Pool, key: str) -> None:
             "synthetic": pool.synthetic,
             "info": json.loads(json.dumps(pool.info, default=str)),
         },
-        tmp,
+        path,
     )
-    os.replace(tmp, path)
 
 
 def load_pool(path: Path, key: str) -> Pool | None:

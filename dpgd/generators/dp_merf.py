@@ -37,12 +37,13 @@ import torch
 from tqdm.auto import tqdm
 
 from dpgd.counts import ClassCounts
-from dpgd.privacy.randomness import NoiseSource
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
-from dpgd.generators.base import PoolGenerator, Pool, PrivacyNeed, check_multiplier, from_tanh_space
+from dpgd.generators.base import GENERATOR_COMPONENT, Pool, PoolGenerator, check_multiplier, from_tanh_space
 from dpgd.generators.networks import ConditionalDecoder
 from dpgd.models import seeded_cpu_rng
+from dpgd.privacy.components import PrivacyNeed, ReleaseLog
+from dpgd.privacy.randomness import NoiseSource
 from dpgd.seeding import derive_seed, stage_generator
 
 SENSITIVITY = 1.0
@@ -109,11 +110,11 @@ class DpMerf(PoolGenerator):
     name = "dp_merf"
 
     def privacy_request(self) -> PrivacyNeed:
-        return PrivacyNeed(sample_rate=1.0, steps=1, sensitivity=SENSITIVITY_TEXT)
+        return PrivacyNeed(GENERATOR_COMPONENT, sample_rate=1.0, steps=1, sensitivity=SENSITIVITY_TEXT)
 
     def fit_and_sample(
         self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device,
-        *, noise: NoiseSource, counts: ClassCounts,
+        *, noise: NoiseSource, counts: ClassCounts, releases: ReleaseLog | None = None,
     ) -> Pool:
         opts = self.cfg.dp_merf
         sigma = check_multiplier(self.name, noise_multiplier)
@@ -134,6 +135,8 @@ class DpMerf(PoolGenerator):
         # --- the one DP release -----------------------------------------------------
         sums = class_feature_sums(features, dataset.train_images, dataset.train_labels, num_classes, device)
         noisy = release_embedding(sums, sigma, noise.generator("generator", "dp_merf", "noise"))
+        if sigma > 0:
+            (releases or ReleaseLog(GENERATOR_COMPONENT)).record(sigma)
         del sums  # the same tensor, now noisy: nothing clean remains
         # Divided by the run's released (noisy) class counts: post-processing.
         targets = (noisy / counts.values.to(device)[None, :]).T.contiguous()  # (K, D)

@@ -30,13 +30,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dpgd.counts import ClassCounts
-from dpgd.privacy.randomness import NoiseSource
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
-from dpgd.generators.base import PoolGenerator, Pool, PrivacyNeed, check_multiplier, to_tanh_space
+from dpgd.generators.base import GENERATOR_COMPONENT, Pool, PoolGenerator, check_multiplier, to_tanh_space
 from dpgd.generators.dp_merf import sample_decoder
 from dpgd.generators.networks import ConditionalDecoder, ConditionalEncoder
 from dpgd.models import seeded_cpu_rng
+from dpgd.privacy.components import PrivacyNeed, ReleaseLog
+from dpgd.privacy.randomness import NoiseSource
 from dpgd.seeding import derive_seed, stage_generator
 
 SENSITIVITY_TEXT = "L2 clip C of each record's per-sample gradient (DP-SGD): one record moves the clipped sum by <= C"
@@ -92,11 +93,12 @@ class DpSgdVae(PoolGenerator):
 
     def privacy_request(self) -> PrivacyNeed:
         opts = self.cfg.dp_sgd
-        return PrivacyNeed(sample_rate=float(opts.sample_rate), steps=dp_sgd_steps(opts), sensitivity=SENSITIVITY_TEXT)
+        return PrivacyNeed(GENERATOR_COMPONENT, sample_rate=float(opts.sample_rate), steps=dp_sgd_steps(opts),
+                           sensitivity=SENSITIVITY_TEXT)
 
     def fit_and_sample(
         self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device,
-        *, noise: NoiseSource, counts: ClassCounts,
+        *, noise: NoiseSource, counts: ClassCounts, releases: ReleaseLog | None = None,
     ) -> Pool:
         opts = self.cfg.dp_sgd
         sigma = check_multiplier(self.name, noise_multiplier)
@@ -119,6 +121,9 @@ class DpSgdVae(PoolGenerator):
             loss_reduction="mean",
             generator=noise.generator("generator", "dp_sgd", "noise", device=device),
         )
+        # opacus calls the step hook right after add_noise: one record per noisy step.
+        log = releases or ReleaseLog(GENERATOR_COMPONENT)
+        optimizer.attach_step_hook(lambda opt: log.record(opt.noise_multiplier) if opt.noise_multiplier > 0 else None)
         images = to_tanh_space(dataset.train_images, dataset.mean, dataset.std).to(device)
         labels = dataset.train_labels.to(device)
         sampling = noise.generator("generator", "dp_sgd", "sampling")  # secret Poisson masks

@@ -29,12 +29,13 @@ from tqdm.auto import tqdm
 
 from dpgd.config import ModelConfig
 from dpgd.counts import ClassCounts
-from dpgd.privacy.randomness import NoiseSource
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
-from dpgd.generators.base import PoolGenerator, Pool, PrivacyNeed, check_multiplier
+from dpgd.generators.base import GENERATOR_COMPONENT, Pool, PoolGenerator, check_multiplier
 from dpgd.generators.pe_sources import CandidateSource, build_source
 from dpgd.models import seeded_model
+from dpgd.privacy.components import PrivacyNeed, ReleaseLog
+from dpgd.privacy.randomness import NoiseSource
 from dpgd.seeding import derive_seed, stage_generator
 
 SENSITIVITY = 1.0
@@ -113,16 +114,17 @@ class PrivateEvolution(PoolGenerator):
         rounds = int(self.cfg.pe.rounds)
         if rounds < 1:
             raise ConfigError(f"generator.pe.rounds={rounds} must be at least 1.")
-        return PrivacyNeed(sample_rate=1.0, steps=rounds, sensitivity=SENSITIVITY_TEXT)
+        return PrivacyNeed(GENERATOR_COMPONENT, sample_rate=1.0, steps=rounds, sensitivity=SENSITIVITY_TEXT)
 
     def build_source(self, dataset: ImageDataset, device: torch.device) -> CandidateSource:
         return build_source(self.cfg.pe, dataset, device)
 
     def fit_and_sample(
         self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device,
-        *, noise: NoiseSource, counts: ClassCounts,
+        *, noise: NoiseSource, counts: ClassCounts, releases: ReleaseLog | None = None,
     ) -> Pool:
         del counts  # PE needs no class count
+        releases = releases or ReleaseLog(GENERATOR_COMPONENT)
         opts = self.cfg.pe
         sigma = check_multiplier(self.name, noise_multiplier)
         need = self.privacy_request()
@@ -149,6 +151,8 @@ class PrivateEvolution(PoolGenerator):
             # --- one Gaussian release over all classes --------------------------------
             clean = torch.cat([vote_histogram(private[c], embed(candidates[c])).cpu() for c in range(num_classes)])
             noisy = release_histogram(clean, sigma, noise_gen)
+            if sigma > 0:
+                releases.record(sigma)
             del clean
             # --- post-processing ------------------------------------------------------
             last = round_index == need.steps - 1

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 
 from dpgd.counts import ClassCounts
-from dpgd.privacy.randomness import NoiseSource
 from dpgd.data import ImageDataset
-from dpgd.generators.base import Pool, PoolGenerator, PrivacyNeed
+from dpgd.generators.base import Pool, PoolGenerator
+from dpgd.privacy.components import ReleaseLog
+from dpgd.privacy.randomness import NoiseSource
 
 
 class RealPool(PoolGenerator):
@@ -24,14 +25,14 @@ class RealPool(PoolGenerator):
         self.progress = progress
         self.pool_per_class = 0
 
-    def privacy_request(self) -> PrivacyNeed | None:
+    def privacy_request(self) -> None:
         return None
 
     def fit_and_sample(
         self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device,
-        *, noise: NoiseSource, counts: ClassCounts,
+        *, noise: NoiseSource, counts: ClassCounts, releases: ReleaseLog | None = None,
     ) -> Pool:
-        del noise_multiplier, seed, device, noise, counts
+        del noise_multiplier, seed, device, noise, counts, releases
         return Pool(
             dataset.train_images.clone(), dataset.train_labels.clone(), (), synthetic=False,
             info={"fit_seconds": 0.0, "non_private": True},

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dpgd.errors import ConfigError
-from dpgd.generators.base import GeneratorSettings, PoolGenerator, PrivacyNeed
+from dpgd.generators.base import GeneratorSettings, PoolGenerator
+from dpgd.privacy.components import PrivacyNeed
 from dpgd.generators.dp_merf import DpMerf
 from dpgd.generators.dp_sgd import DpSgdVae
 from dpgd.generators.pe import PrivateEvolution

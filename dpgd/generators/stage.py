@@ -24,25 +24,23 @@ from dpgd.config import ModelConfig
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
-from dpgd.evaluation import test_accuracy, train_classifier
-from dpgd.generators.base import Pool
+from dpgd.generators.base import GENERATOR_COMPONENT, Pool
 from dpgd.generators.cache import (
     cache_key, cache_path, keyed_fingerprint, load_pool, local_secret, resolve_cache_dir, save_pool,
 )
 from dpgd.generators.registry import build_generator
 from dpgd.models import seeded_model
 from dpgd.privacy import PrivacyLedger
+from dpgd.privacy.components import ReleaseLog
 from dpgd.privacy.randomness import NoiseSource
 from dpgd.seeding import derive_seed, stage_generator
+from dpgd.training import test_accuracy, train_on_pool
 
 log = logging.getLogger("dpgd")
 
-# Protocol of the pool's train-on-synthetic accuracy (reporting only): the evaluation's
-# SGD settings without DSA, so the number is cheap and measures the pool, not augmentation.
-REPORT_LR = 0.01
-REPORT_MOMENTUM = 0.9
-REPORT_WEIGHT_DECAY = 5e-4
-REPORT_BATCH = 256
+# The pool's train-on-synthetic accuracy (reporting only) trains under POOL_RECIPE: the
+# evaluation's SGD settings without DSA, so the number is cheap and measures the pool, not
+# augmentation.
 REPORT_TEST_BATCH = 2048
 # Images per class in the logged pool grid.
 GRID_PER_CLASS = 10
@@ -112,7 +110,10 @@ def generate_pool(
     for mechanism in mechanisms:
         ledger.declare(mechanism)
     log.info("generator %s: fitting (noise multiplier %s)", name, noise_multiplier)
-    pool = generator.fit_and_sample(dataset, noise_multiplier, int(cfg.seed), device, noise=noise, counts=counts)
+    releases = ReleaseLog(GENERATOR_COMPONENT)
+    pool = generator.fit_and_sample(dataset, noise_multiplier, int(cfg.seed), device, noise=noise, counts=counts,
+                                    releases=releases)
+    releases.check(mechanisms)  # the releases that ran, one by one, against the declared records
     if pool.mechanisms != mechanisms:
         raise RuntimeError(
             f"privacy bug: generator {name} ran {pool.mechanisms} but declared {mechanisms}"
@@ -146,9 +147,8 @@ def pool_report(
             model_cfg, dataset.channels, dataset.num_classes, dataset.image_size,
             derive_seed(seed, "pool_report", "init"),
         )
-        train_classifier(
-            model, pool.images, pool.labels, epochs=int(epochs), lr=REPORT_LR, momentum=REPORT_MOMENTUM,
-            weight_decay=REPORT_WEIGHT_DECAY, batch_size=REPORT_BATCH, lr_drop_at_half=True, dsa=None,
+        train_on_pool(
+            model, pool.images, pool.labels, epochs=int(epochs),
             generator=stage_generator(seed, "pool_report", "train"), device=device, progress=progress,
             desc="pool report",
         )

@@ -5,8 +5,8 @@ kept light (only the schema) because :mod:`dpgd.config` imports :class:`MiaConfi
 and the stage imports the pipeline, which imports the config.
 
 Modules: ``settings`` (schema), ``metrics`` (ROC numbers), ``lira`` and ``loss_attack``
-(scores), ``shadows`` (parallel, cached pipeline runs), ``plot`` (the ROC figure),
-``stage`` (orchestration, results, logging).
+(scores), ``design`` (population and membership), ``shadows`` (parallel, cached
+pipeline runs), ``plot`` (the ROC figure), ``stage`` (orchestration, results, logging).
 """
 
 from dpgd.mia.settings import MIA_NAMES, MiaConfig

@@ -6,10 +6,8 @@ A run k draws a private set (its members of the population P), runs
 evaluation networks on the distilled set and records, for every record of P, the
 logit-scaled confidence phi and the loss (averaged over those networks).
 
-Membership comes in complementary pairs: run 2i+1's members are run 2i's non-members,
-class by class, so every run has the same class counts and every record is a member in
-exactly half the runs. A pair's membership depends only on (seed, pair index), so runs
-computed for K=4 are reused by K=16.
+Which records are members of which run is :mod:`dpgd.mia.design`'s (complementary
+pairs, so runs computed for K=4 are reused by K=16).
 
 Runs are independent: they run in spawned worker processes (``workers`` > 1, one torch
 thread each) or in-process, and each is saved to ``mia_shadows/shadow_<k>.pt`` with a key
@@ -25,7 +23,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -39,11 +36,11 @@ from tqdm.auto import tqdm
 
 from dpgd.augment import DSA
 from dpgd.data import ImageDataset, dataset_fingerprint
-from dpgd.errors import ConfigError
-from dpgd.evaluation import test_accuracy, train_classifier
 from dpgd.mia.lira import logit_scaled_confidence
 from dpgd.models import seeded_model
 from dpgd.seeding import derive_seed, stage_generator
+from dpgd.storage import atomic_torch_save
+from dpgd.training import test_accuracy, train_classifier
 
 log = logging.getLogger("dpgd")
 
@@ -54,44 +51,6 @@ QUERY_BATCH = 2048
 # Settings that change neither the population nor any run's output: excluded from the key.
 KEY_EXCLUDED_MIA = ("name", "num_shadow", "workers", "cache", "global_variance")
 KEY_EXCLUDED_TOP = ("logger", "device", "method")
-
-
-def draw_population(labels: torch.Tensor, num_classes: int, size: int, seed: int) -> torch.Tensor:
-    """Indices of ``size // num_classes`` random train records of each class, by class."""
-    per_class = size // num_classes
-    counts = torch.bincount(labels, minlength=num_classes)
-    if per_class < 2:
-        raise ConfigError(
-            f"mia.population={size} gives {per_class} record(s) per class for {num_classes} classes; "
-            f"use mia.population>={2 * num_classes} so every run has members of every class."
-        )
-    if per_class > int(counts.min()):
-        raise ConfigError(
-            f"mia.population={size} needs {per_class} train records per class but the smallest class "
-            f"has {int(counts.min())}; use mia.population<={int(counts.min()) * num_classes}."
-        )
-    generator = torch.Generator().manual_seed(seed)
-    picks = []
-    for label in range(num_classes):
-        index = torch.nonzero(labels == label).flatten()
-        picks.append(index[torch.randperm(len(index), generator=generator)[:per_class]].sort().values)
-    return torch.cat(picks)
-
-
-def pair_membership(population_labels: torch.Tensor, num_classes: int, pair: int, seed: int) -> torch.Tensor:
-    """(2, n) membership of runs 2*pair and 2*pair+1: a random half of each class, and its complement."""
-    generator = torch.Generator().manual_seed(derive_seed(seed, "pair", pair))
-    first = torch.zeros(population_labels.shape[0], dtype=torch.bool)
-    for label in range(num_classes):
-        index = torch.nonzero(population_labels == label).flatten()
-        first[index[torch.randperm(len(index), generator=generator)[: len(index) // 2]]] = True
-    return torch.stack([first, ~first])
-
-
-def membership_matrix(population_labels: torch.Tensor, num_classes: int, runs: int, seed: int) -> torch.Tensor:
-    """(runs, n) boolean membership; ``runs`` is rounded up to whole pairs, then cut."""
-    pairs = [pair_membership(population_labels, num_classes, p, seed) for p in range((runs + 1) // 2)]
-    return torch.cat(pairs)[:runs]
 
 
 @dataclass(frozen=True)
@@ -246,9 +205,7 @@ def load_shadow(path: Path, key: str, membership: torch.Tensor) -> Optional[Shad
 def save_shadow(path: Path, output: ShadowOutput, key: str) -> None:
     """Write atomically, so an interrupted write leaves no half file to resume from."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(output.to_file(key), partial)
-    partial.replace(path)
+    atomic_torch_save(output.to_file(key), path)
 
 
 _WORKER_CONTEXT: Optional[ShadowContext] = None

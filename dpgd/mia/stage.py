@@ -27,20 +27,13 @@ from omegaconf import DictConfig
 from dpgd.budget import plan_run
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
+from dpgd.mia.design import draw_population, membership_matrix
 from dpgd.mia.lira import lira_scores
 from dpgd.mia.loss_attack import loss_scores
 from dpgd.mia.metrics import LOW_FPR_LEVELS, RocMetrics, downsample_roc, roc_metrics
 from dpgd.mia.plot import plot_roc
 from dpgd.mia.settings import MIA_NAMES
-from dpgd.mia.shadows import (
-    SHADOW_DIR,
-    ShadowContext,
-    ShadowSet,
-    cache_key,
-    collect_shadows,
-    draw_population,
-    membership_matrix,
-)
+from dpgd.mia.shadows import SHADOW_DIR, ShadowContext, ShadowSet, cache_key, collect_shadows
 from dpgd.seeding import derive_seed
 from dpgd.tracking import Tracker
 
@@ -63,7 +56,7 @@ def check_mia_settings(cfg: DictConfig) -> None:
             )
         if not mia.global_variance and mia.num_shadow < 6:
             raise ConfigError(
-                f"mia.global_variance=false fits a variance per record, which needs at least 2 shadows "
+                "mia.global_variance=false fits a variance per record, which needs at least 2 shadows "
                 "per side; use mia.num_shadow>=6 (64 in the LiRA paper) or mia.global_variance=true."
             )
     for key in ("eval_models", "workers"):

@@ -8,15 +8,19 @@ quantity when one record is added or removed.
 
 Layout: :mod:`.mechanisms` (immutable records of what was released), :mod:`.analysis`
 (pure functions: epsilon of a record list, on fresh opacus accountants), :mod:`.ledger`
-(the record list a run executed, and its report), :mod:`.planner` (noise multipliers for
-a total budget split across components), :mod:`.schedules` (relative noise schedules
-across iterations, stored as constant pieces).
+(the record list a run executed, and its report), :mod:`.plan` (noise multipliers for
+a total budget split across components; its numerical search is in :mod:`._search`),
+:mod:`.schedules` (relative noise schedules across iterations, stored as constant pieces),
+:mod:`.components` (the one contract of a DP component: need, declare, check what ran),
+:mod:`.randomness` (secret per-run noise streams), :mod:`.public` (what a release treats
+as public) and :mod:`.summary` (``results.json["privacy"]`` and ``privacy_ledger.json``).
 """
 
 from dpgd.privacy.analysis import AccountingError, compose_epsilon, default_eps_error, rdp_epsilon
+from dpgd.privacy.components import PrivacyNeed, ReleaseLog, declare_planned
 from dpgd.privacy.ledger import ADJACENCY, PrivacyLedger, PrivacyReport
 from dpgd.privacy.mechanisms import SubsampledGaussian
-from dpgd.privacy.planner import ComponentRequest, NoisePlan, check_delta, plan_budget
+from dpgd.privacy.plan import ComponentRequest, NoisePlan, check_delta, plan_budget
 from dpgd.privacy.schedules import SCHEDULE_KINDS, relative_schedule, schedule_from_config
 
 __all__ = [
@@ -25,11 +29,14 @@ __all__ = [
     "ComponentRequest",
     "NoisePlan",
     "PrivacyLedger",
+    "PrivacyNeed",
     "PrivacyReport",
+    "ReleaseLog",
     "SCHEDULE_KINDS",
     "SubsampledGaussian",
     "check_delta",
     "compose_epsilon",
+    "declare_planned",
     "default_eps_error",
     "plan_budget",
     "rdp_epsilon",

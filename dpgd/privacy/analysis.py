@@ -65,9 +65,7 @@ __all__ = [
     "prv_estimate",
     "rdp_epsilon",
     "gaussian_delta",
-    "gaussian_epsilon",
     "gaussian_mu",
-    "clt_mu",
     "clt_sigma",
 ]
 
@@ -314,16 +312,6 @@ def gaussian_delta(epsilon: float, mu: float) -> float:
     return float(norm.cdf(a + mu / 2) - math.exp(min(epsilon + norm.logcdf(a - mu / 2), 0.0)))
 
 
-def gaussian_epsilon(mu: float, delta: float) -> float:
-    """Smallest epsilon with delta(epsilon) <= delta for mu-GDP."""
-    if gaussian_delta(0.0, mu) <= delta:
-        return 0.0
-    hi = 1.0
-    while gaussian_delta(hi, mu) > delta:
-        hi *= 2
-    return float(brentq(lambda e: gaussian_delta(e, mu) - delta, 0.0, hi, xtol=1e-12, rtol=1e-10))
-
-
 def gaussian_mu(epsilon: float, delta: float) -> float:
     """mu of the mu-GDP mechanism that is exactly (epsilon, delta)-DP."""
     lo, hi = 1e-12, 1.0
@@ -336,16 +324,9 @@ def gaussian_mu(epsilon: float, delta: float) -> float:
     return float(brentq(lambda m: gaussian_delta(epsilon, m) - delta, lo, hi, xtol=1e-14, rtol=1e-10))
 
 
-def clt_mu(sigma: float, sample_rate: float, steps: int) -> float:
-    """mu of ``steps`` subsampled Gaussians: exact for q = 1, CLT approximation otherwise."""
-    if sample_rate >= 1:
-        return math.sqrt(steps) / sigma
-    with np.errstate(over="ignore"):
-        return float(sample_rate * math.sqrt(steps * np.expm1(1.0 / sigma**2)))
-
-
 def clt_sigma(mu: float, sample_rate: float, steps: int) -> float:
-    """Inverse of :func:`clt_mu` in sigma."""
+    """sigma of ``steps`` subsampled Gaussians at mu: exact for q = 1, the CLT approximation
+    mu = q sqrt(T (e^{1/sigma^2} - 1)) inverted otherwise (a starting guess only)."""
     if sample_rate >= 1:
         return math.sqrt(steps) / mu
     return 1.0 / math.sqrt(math.log1p(mu**2 / (sample_rate**2 * steps)))

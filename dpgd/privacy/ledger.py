@@ -156,17 +156,10 @@ class PrivacyLedger:
             ledger.declare(mechanism, release_id)
         return ledger
 
-    def save_json(self, path: str | os.PathLike) -> None:
-        """Write the ledger atomically (a crash never leaves a half-written ledger)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-
     @classmethod
     def load_json(cls, path: str | os.PathLike) -> "PrivacyLedger":
+        """Load a run's ``release/privacy_ledger.json`` (written by
+        :func:`dpgd.privacy.summary.ledger_document`: the report plus these format keys)."""
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
 

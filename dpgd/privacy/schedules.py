@@ -95,6 +95,15 @@ def schedule_from_config(schedule_cfg: Any, steps: int) -> Pieces:
     )
 
 
+def relative_pieces(schedule_cfg: Any, steps: int) -> Pieces | None:
+    """A component's relative noise schedule for its :class:`~dpgd.privacy.components.PrivacyNeed`:
+    None for constant noise (the planner's default), else the pieces."""
+    if schedule_cfg is None or steps < 1:
+        return None
+    pieces = schedule_from_config(schedule_cfg, steps)
+    return None if len(pieces) == 1 else pieces
+
+
 def validate_pieces(name: str, pieces: Sequence[tuple[float, int]], steps: int) -> Pieces:
     """Check a schedule against a component's step count; returns it as a tuple."""
     out = []

@@ -1,0 +1,226 @@
+"""The matching loop: optimise the synthetic images towards per-class feature targets.
+
+The loop is the same for both matchers; what differs is where the class target comes
+from, so that is a small strategy chosen once before the loop: :class:`DpTarget` (the DP
+release of :mod:`dpgd.matching.release`) or :class:`DmTarget` (exact means, non-private).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from dpgd.augment import DSA
+from dpgd.config import MatcherConfig
+from dpgd.counts import ClassCounts
+from dpgd.data import ImageDataset
+from dpgd.distilled import expand_multi_formation
+from dpgd.errors import ConfigError
+from dpgd.matching.extractors import ExtractorSource
+from dpgd.matching.release import (
+    COMPONENT,
+    NoiseSpec,
+    class_means,
+    clip_rows,
+    fixed_per_class_batches,
+    noise_schedule_fn,
+    poisson_batches,
+    release_noisy_class_sums,
+)
+from dpgd.privacy.components import ReleaseLog
+
+
+@dataclass
+class MatchingStats:
+    iterations: int
+    seconds: float
+    images_per_second: float
+
+
+class ClassTarget(Protocol):
+    """Where each iteration's real batch and per-class target come from.
+
+    ``next_batch`` is called first (indices into the train set), then ``class_target``
+    on that batch's embeddings, so the random draws keep their order. Synthetic embeddings
+    are clipped to ``synthetic_clip_norm`` (None: not clipped), so both sides of the loss
+    live in the same space.
+    """
+
+    synthetic_clip_norm: float | None
+
+    def next_batch(self) -> torch.Tensor: ...
+
+    def class_target(
+        self, iteration: int, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class DpTarget:
+    """``dp_feature``: noisy class sums of a Poisson batch over the expected class sizes.
+
+    The sampling masks and the noise come from the run's secret generators; the expected
+    batch size of class c is q * N_c with N_c the released (noisy) class count.
+    """
+
+    def __init__(
+        self,
+        matcher_cfg: MatcherConfig,
+        dataset: ImageDataset,
+        noise_multiplier: NoiseSpec,
+        noise_generator: torch.Generator,
+        sampling_generator: torch.Generator | None,
+        counts: ClassCounts | None,
+        device: torch.device,
+        releases: ReleaseLog | None = None,
+    ) -> None:
+        if noise_multiplier is None:
+            raise ConfigError("matcher=dp_feature needs a positive noise multiplier from the budget plan.")
+        if sampling_generator is None or counts is None:
+            raise ConfigError("matcher=dp_feature needs the run's secret sampling generator and released counts.")
+        self.num_classes = dataset.num_classes
+        self.clip_norm = matcher_cfg.clip_norm
+        self.synthetic_clip_norm = matcher_cfg.clip_norm
+        self.noise_generator = noise_generator
+        self.releases = releases if releases is not None else ReleaseLog(COMPONENT)
+        self.sigma_at = noise_schedule_fn(noise_multiplier, matcher_cfg.iterations)
+        self.batches = poisson_batches(dataset.train_labels, matcher_cfg.sample_rate, sampling_generator)
+        self.expected = matcher_cfg.sample_rate * counts.values.to(device=device, dtype=torch.float32)
+
+    def next_batch(self) -> torch.Tensor:
+        return next(self.batches)
+
+    def class_target(
+        self, iteration: int, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        sigma = float(self.sigma_at(iteration))
+        if not (sigma > 0):
+            raise ConfigError(f"noise multiplier {sigma!r} at iteration {iteration}: must be > 0.")
+        noisy_sums = release_noisy_class_sums(
+            embeddings, labels, self.num_classes, self.clip_norm, sigma, self.noise_generator
+        )
+        self.releases.record(sigma)
+        return noisy_sums / self.expected[:, None].clamp(min=1e-12), {"sigma": sigma}
+
+
+class DmTarget:
+    """``dm``: exact class means of ``batch_real`` random records per class (non-private)."""
+
+    synthetic_clip_norm = None
+
+    def __init__(
+        self, matcher_cfg: MatcherConfig, dataset: ImageDataset, noise_multiplier: NoiseSpec,
+        generator: torch.Generator,
+    ) -> None:
+        if noise_multiplier is not None:
+            raise ConfigError("matcher=dm is non-private and takes no noise; use matcher=dp_feature.")
+        self.num_classes = dataset.num_classes
+        self.batches = fixed_per_class_batches(
+            dataset.train_labels, dataset.num_classes, matcher_cfg.batch_real, generator
+        )
+
+    def next_batch(self) -> torch.Tensor:
+        return next(self.batches)
+
+    def class_target(
+        self, iteration: int, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return class_means(embeddings, labels, self.num_classes), {}
+
+
+def match(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    dataset: ImageDataset,
+    matcher_cfg: MatcherConfig,
+    extractors: ExtractorSource,
+    noise_multiplier: NoiseSpec,
+    generator: torch.Generator,
+    noise_generator: torch.Generator,
+    device: torch.device,
+    on_iteration: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+    factor: int = 1,
+    extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    *,
+    sampling_generator: torch.Generator | None = None,
+    counts: ClassCounts | None = None,
+    releases: ReleaseLog | None = None,
+) -> tuple[torch.Tensor, MatchingStats]:
+    """Optimise the synthetic ``images`` (normalised, labels ``labels``) by feature matching.
+
+    ``noise_multiplier`` comes from the run's noise plan for ``dp_feature`` (a float for
+    constant noise, or one sigma per iteration as a list or a callable ``iteration ->
+    sigma``) and must be ``None`` for ``dm``. ``dp_feature`` also needs ``sampling_generator``
+    (the Poisson masks) and ``noise_generator``, both from the run's secret noise source, and
+    ``counts`` (the released class counts); ``generator`` draws only public randomness (DSA,
+    DM's batches). Each release is recorded in ``releases`` (checked by the caller against
+    the declared records). The sigma of each iteration is reported to
+    ``on_iteration`` under ``"sigma"``. With multi-formation ``factor`` > 1 the stored images are unpacked
+    (differentiably) before embedding. ``extra_loss(images, labels)`` (the expert
+    alignment) is added to the matching loss; it must use no private data. Returns the
+    optimised stored images (detached, on CPU) and statistics.
+    """
+    name = matcher_cfg.name
+    target: ClassTarget
+    if name == "dp_feature":
+        target = DpTarget(matcher_cfg, dataset, noise_multiplier, noise_generator, sampling_generator, counts, device,
+                          releases)
+    elif name == "dm":
+        target = DmTarget(matcher_cfg, dataset, noise_multiplier, generator)
+    else:
+        raise ConfigError(f"matcher={name} is unknown; choose dp_feature, dm or none.")
+
+    num_classes = dataset.num_classes
+    train_images = dataset.train_images.to(device)
+    train_labels = dataset.train_labels.to(device)
+    syn = images.detach().clone().to(device).requires_grad_(True)
+    syn_labels = labels.to(device)
+    optimiser = torch.optim.SGD([syn], lr=matcher_cfg.lr_images, momentum=matcher_cfg.momentum)
+    dsa = DSA(matcher_cfg.dsa_strategy) if matcher_cfg.dsa else None
+
+    start = time.perf_counter()
+    real_seen = 0
+    loss_value = float("nan")
+    bar = tqdm(range(matcher_cfg.iterations), desc=f"match ({name})", disable=not progress, leave=False)
+    for iteration in bar:
+        net = extractors(iteration)
+        index = target.next_batch().to(device)
+        real = train_images[index]
+        real_labels = train_labels[index]
+        real_seen += len(index)
+        params = dsa.sample(generator, device) if dsa is not None else None
+        with torch.no_grad():
+            real_in = dsa.apply(real, params) if dsa is not None else real
+            real_emb = net.embed(real_in) if len(index) else torch.zeros(0, net.feature_dim, device=device)
+            class_target, target_metrics = target.class_target(iteration, real_emb, real_labels)
+            del real_emb, real_in, real
+
+        syn_full, syn_full_labels = expand_multi_formation(syn, syn_labels, factor)
+        syn_in = dsa.apply(syn_full, params) if dsa is not None else syn_full
+        syn_emb = net.embed(syn_in)
+        if target.synthetic_clip_norm is not None:
+            syn_emb = clip_rows(syn_emb, target.synthetic_clip_norm)
+        loss = ((class_means(syn_emb, syn_full_labels, num_classes) - class_target) ** 2).sum()
+        metrics = {"match_loss": float(loss.detach()), **target_metrics}
+        if extra_loss is not None:
+            aligned = extra_loss(syn_full, syn_full_labels)
+            metrics["align_loss"] = float(aligned.detach())
+            loss = loss + aligned
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        loss_value = float(loss.detach())
+        if on_iteration is not None:
+            # Only values computed from DP outputs: never the (private) Poisson batch size.
+            on_iteration(iteration, {"loss": loss_value, **metrics})
+    seconds = time.perf_counter() - start
+    stats = MatchingStats(
+        iterations=matcher_cfg.iterations,
+        seconds=seconds,
+        images_per_second=(real_seen + matcher_cfg.iterations * len(syn) * factor**2) / max(seconds, 1e-9),
+    )
+    return syn.detach().cpu(), stats

@@ -1,0 +1,45 @@
+"""Atomic writes for the files dpgd resumes from or trusts later (pool cache, shadow runs, ledger).
+
+Each write goes to a uniquely named temporary file beside the target and is then renamed
+over it (:func:`os.replace`, atomic on POSIX), so a crash or a concurrent writer never
+leaves a half-written file that a later run would load. Formats version themselves: the
+payload carries its own version field; these helpers only make the write all-or-nothing.
+Callers create the folder.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _temporary(path: Path) -> Path:
+    """A fresh name in ``path``'s folder (same file system, so the rename is atomic)."""
+    return path.with_name(f"{path.name}.tmp{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)``, all or nothing."""
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(text: str, path: str | os.PathLike, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path``, all or nothing."""
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        with open(tmp, "w", encoding=encoding) as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
