@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 
-from omegaconf import DictConfig
 
 from dpgd import counts
+from dpgd.config import TrainConfig
 from dpgd.errors import ConfigError
 from dpgd.expert import privacy_request as expert_privacy_request
 from dpgd.generators import privacy_request as generator_privacy_request
@@ -24,7 +24,7 @@ from dpgd.privacy import ComponentRequest, NoisePlan, PrivacyNeed, plan_budget
 SWITCH_OFF = {"generator": "generator=none", "expert": "expert=none", "matcher": "matcher=none"}
 
 
-def component_needs(cfg: DictConfig) -> list[tuple[PrivacyNeed, float]]:
+def component_needs(cfg: TrainConfig) -> list[tuple[PrivacyNeed, float]]:
     """Each configured DP component's need and its share (``budget.<component>``)."""
     needs = []
     for need in (generator_privacy_request(cfg.generator), expert_privacy_request(cfg.expert),
@@ -41,25 +41,25 @@ def component_needs(cfg: DictConfig) -> list[tuple[PrivacyNeed, float]]:
     return needs
 
 
-def component_requests(cfg: DictConfig) -> list[ComponentRequest]:
+def component_requests(cfg: TrainConfig) -> list[ComponentRequest]:
     """The planner's requests: the count release takes ``budget.counts`` off the top and the
     components that run share the rest in proportion to their fractions (so a preset like
     budget=dpgeng with expert=none still spends the whole target)."""
     needs = component_needs(cfg)
     if not needs:  # nothing data-dependent is released (e.g. noise init, no matching)
         return []
-    counts_share = float(cfg.budget.counts)
+    counts_share = cfg.budget.counts
     total = sum(share for _, share in needs)
     return [counts.privacy_request().request(counts_share),
             *[need.request((1.0 - counts_share) * share / total) for need, share in needs]]
 
 
-def plan_run(cfg: DictConfig) -> NoisePlan | None:
+def plan_run(cfg: TrainConfig) -> NoisePlan | None:
     """The run's noise plan; ``None`` for a non-private run (``epsilon=inf``) or one that
     runs no DP mechanism at all."""
-    if not math.isfinite(float(cfg.epsilon)):
+    if not math.isfinite(cfg.epsilon):
         return None
     requests = component_requests(cfg)
     if not requests:
         return None
-    return plan_budget(float(cfg.epsilon), float(cfg.delta), requests)
+    return plan_budget(cfg.epsilon, cfg.delta, requests)

@@ -17,12 +17,14 @@ larger than a class) are checked in :mod:`dpgd.validation` before any data is re
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, MissingMandatoryValue, OmegaConf
 
+from dpgd.errors import ConfigError
 from dpgd.mia.settings import MiaConfig
 
 
@@ -370,6 +372,7 @@ class TrainConfig:
     method: str = "dpgeng"
 
 
+# The schema of each config group (the fields of TrainConfig that are groups).
 SCHEMAS: dict[str, type] = {
     "dataset": DatasetConfig,
     "model": ModelConfig,
@@ -385,11 +388,32 @@ SCHEMAS: dict[str, type] = {
 
 
 def register_configs() -> None:
-    """Store the schemas where the YAML defaults lists look for them."""
-    store = ConfigStore.instance()
-    store.store(name="train_schema", node=TrainConfig)
-    for group, schema in SCHEMAS.items():
-        store.store(group=f"schema/{group}", name="base", node=schema)
+    """Store the top-level schema where ``configs/train.yaml`` looks for it (``train_schema``);
+    it types every group node through its fields."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def typed(cfg: DictConfig | TrainConfig) -> TrainConfig:
+    """The composed config as plain dataclasses: converted once, at the edge (``train.run``,
+    ``mia.run_attack``), so every stage reads typed fields and no OmegaConf node travels on.
+
+    A required value left unset (``???``) fails here with one line naming the key.
+    """
+    if isinstance(cfg, TrainConfig):
+        return cfg
+    try:
+        config = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as err:
+        key = err.full_key or "a required value"
+        raise ConfigError(f"{key} is required but not set; set it on the command line, e.g. {key}=...") from None
+    if not isinstance(config, TrainConfig):
+        raise ConfigError("the config is not a dpgd TrainConfig; compose it with dpgd.config.compose(...)")
+    return config
+
+
+def plain(config: TrainConfig) -> dict[str, Any]:
+    """The resolved config as a plain dict (results, W&B, ``distilled.pt``, cache keys)."""
+    return dataclasses.asdict(config)
 
 
 def compose(*overrides: str, config_name: str = "train") -> DictConfig:

@@ -59,8 +59,8 @@ def privacy_request(expert_cfg: Any) -> PrivacyNeed | None:
         raise ConfigError(f"expert={expert_cfg.name} is unknown; choose dp_sgd or none.")
     if expert_cfg.finetune not in FINETUNE_CHOICES:
         raise ConfigError(f"expert.finetune={expert_cfg.finetune} is unknown; choose all or head.")
-    steps = int(expert_cfg.steps)
-    return PrivacyNeed(COMPONENT, float(expert_cfg.sample_rate), steps, EXPERT_SENSITIVITY,
+    steps = expert_cfg.steps
+    return PrivacyNeed(COMPONENT, expert_cfg.sample_rate, steps, EXPERT_SENSITIVITY,
                        relative_pieces(expert_cfg.noise_schedule, steps))
 
 
@@ -101,7 +101,7 @@ def train_expert(
     gradients are still clipped, but no noise is added. A sequence gives the sigma of
     every step (a noise schedule; its length must be ``expert_cfg.steps``).
     """
-    steps = int(expert_cfg.steps)
+    steps = expert_cfg.steps
     if noise_multiplier is None or isinstance(noise_multiplier, (int, float)):
         sigmas = [float(noise_multiplier or 0.0)] * steps
     else:
@@ -114,23 +114,23 @@ def train_expert(
     )
     if expert_cfg.pretrain_epochs > 0:
         train_on_pool(
-            model, pool_images, pool_labels, epochs=int(expert_cfg.pretrain_epochs),
-            recipe=replace(POOL_RECIPE, lr=float(expert_cfg.pretrain_lr)),
+            model, pool_images, pool_labels, epochs=expert_cfg.pretrain_epochs,
+            recipe=replace(POOL_RECIPE, lr=expert_cfg.pretrain_lr),
             generator=stage_generator(seed, "expert", "pretrain"), device=device, progress=progress,
             desc="expert pretrain",
         )
     model.train()
-    trainable = trainable_for_finetuning(model, str(expert_cfg.finetune))
+    trainable = trainable_for_finetuning(model, expert_cfg.finetune)
     private = TensorDataset(dataset.train_images, dataset.train_labels)
-    sample_rate = float(expert_cfg.sample_rate)
+    sample_rate = expert_cfg.sample_rate
     # Poisson masks and noise from the run's secret source; the expected batch q*N that
     # opacus divides the noisy sum by uses the released (noisy) total, not the exact N.
     loader = DPDataLoader(private, sample_rate=sample_rate, generator=noise.generator("expert", "sampling"))
     module = GradSampleModule(model.to(device))
     optimizer = DPOptimizer(
-        torch.optim.SGD(trainable, lr=float(expert_cfg.lr), momentum=0.9),
+        torch.optim.SGD(trainable, lr=expert_cfg.lr, momentum=0.9),
         noise_multiplier=sigmas[0] if sigmas else 0.0,
-        max_grad_norm=float(expert_cfg.clip_norm),
+        max_grad_norm=expert_cfg.clip_norm,
         expected_batch_size=max(1, round(sample_rate * counts.total)),
         generator=noise.generator("expert", "noise", device=device),
     )
@@ -186,6 +186,7 @@ class ExpertAlignment:
         expert: nn.Module,
         pool_images: torch.Tensor,
         pool_labels: torch.Tensor,
+        *,
         num_classes: int,
         temperature: float,
         reference_per_class: int,

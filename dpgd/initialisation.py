@@ -27,7 +27,7 @@ from typing import Optional, Protocol
 import numpy as np
 import torch
 
-from dpgd.config import ModelConfig
+from dpgd.config import InitConfig, ModelConfig
 from dpgd.data import ImageDataset
 from dpgd.distilled import DistilledSet, pack_multi_formation
 from dpgd.errors import ConfigError
@@ -39,19 +39,6 @@ INIT_NAMES = ("noise", "real", "kmeans", "random_pool")
 POOL_INITS = ("kmeans", "random_pool")
 FEATURE_SPACES = ("pool_net", "pixels")
 EMBED_BATCH = 1024
-
-
-class InitSettings(Protocol):
-    """The attributes of :class:`dpgd.config.InitConfig` (dataclass or DictConfig)."""
-
-    name: str
-    feature_space: str
-    multi_formation: int
-    kmeans_iters: int
-    kmeans_restarts: int
-    net_epochs: int
-    net_lr: float
-    net_batch_size: int
 
 
 class PoolLike(Protocol):
@@ -90,18 +77,18 @@ def initialise(name: str, dataset: ImageDataset, ipc: int, epsilon: float, gener
     raise ConfigError(f"init={name} is unknown; choose one of {', '.join(INIT_NAMES)}.")
 
 
-def check_init(init_cfg: InitSettings, generator_name: str, image_size: Optional[tuple[int, int]] = None) -> None:
+def check_init(init_cfg: InitConfig, generator_name: str, image_size: Optional[tuple[int, int]] = None) -> None:
     """Settings checks that need no data (``image_size`` adds the multi-formation check)."""
-    name = str(init_cfg.name)
+    name = init_cfg.name
     if name not in INIT_NAMES:
         raise ConfigError(f"init={name} is unknown; choose one of {', '.join(INIT_NAMES)}.")
-    factor = int(init_cfg.multi_formation)
+    factor = init_cfg.multi_formation
     if factor < 1:
         raise ConfigError(f"init.multi_formation={factor} must be 1 (off) or more (2 = four tiles per image).")
     if name in POOL_INITS:
         if str(generator_name) == "none":
             raise ConfigError(f"init={name} needs a generator; set generator=dp_merf (or dp_sgd, pe).")
-        if str(init_cfg.feature_space) not in FEATURE_SPACES:
+        if init_cfg.feature_space not in FEATURE_SPACES:
             raise ConfigError(
                 f"init.feature_space={init_cfg.feature_space} is unknown; choose one of {', '.join(FEATURE_SPACES)}."
             )
@@ -117,7 +104,7 @@ def check_init(init_cfg: InitSettings, generator_name: str, image_size: Optional
 
 
 def initialise_from_pool(
-    init_cfg: InitSettings,
+    init_cfg: InitConfig,
     pool: Optional[PoolLike],
     dataset: ImageDataset,
     ipc: int,
@@ -130,13 +117,13 @@ def initialise_from_pool(
 
     Reads only the pool (DP output) and public settings: post-processing.
     """
-    name = str(init_cfg.name)
+    name = init_cfg.name
     if name not in POOL_INITS:
         raise ConfigError(f"init={name} does not use a pool; call initialise() for noise/real.")
     if pool is None:
         raise ConfigError(f"init={name} needs a generator; set generator=dp_merf (or dp_sgd, pe).")
     check_init(init_cfg, "pool", dataset.image_size)
-    factor = int(init_cfg.multi_formation)
+    factor = init_cfg.multi_formation
     per_class = ipc * factor * factor
     counts = torch.bincount(pool.labels, minlength=dataset.num_classes)
     if int(counts.min()) < per_class:
@@ -157,7 +144,7 @@ def initialise_from_pool(
         for c in range(dataset.num_classes):
             index = torch.nonzero(pool.labels == c).flatten()
             chosen = kmeans_nearest(
-                features[index], per_class, int(init_cfg.kmeans_iters), int(init_cfg.kmeans_restarts),
+                features[index], per_class, init_cfg.kmeans_iters, init_cfg.kmeans_restarts,
                 seed=_sklearn_seed(seed, c),
             )
             picked.append(index[chosen])
@@ -173,7 +160,7 @@ def _sklearn_seed(seed: int, label: int) -> int:
 
 
 def pool_features(
-    init_cfg: InitSettings,
+    init_cfg: InitConfig,
     pool: PoolLike,
     dataset: ImageDataset,
     model_cfg: ModelConfig,
@@ -182,16 +169,16 @@ def pool_features(
     progress: bool = False,
 ) -> torch.Tensor:
     """Features the k-means runs in: pixels, or the embedding of a ConvNet trained on the pool."""
-    if str(init_cfg.feature_space) == "pixels":
+    if init_cfg.feature_space == "pixels":
         return pool.images.flatten(1)
-    if int(init_cfg.net_epochs) < 1:
+    if init_cfg.net_epochs < 1:
         raise ConfigError("init.net_epochs must be at least 1 for init.feature_space=pool_net.")
     model = seeded_model(
         model_cfg, dataset.channels, dataset.num_classes, dataset.image_size, derive_seed(seed, "init", "pool_net")
     )
     train_on_pool(
-        model, pool.images, pool.labels, epochs=int(init_cfg.net_epochs),
-        recipe=replace(POOL_RECIPE, lr=float(init_cfg.net_lr), batch_size=int(init_cfg.net_batch_size)),
+        model, pool.images, pool.labels, epochs=init_cfg.net_epochs,
+        recipe=replace(POOL_RECIPE, lr=init_cfg.net_lr, batch_size=init_cfg.net_batch_size),
         generator=stage_generator(seed, "init", "pool_net", "train"), device=device,
         progress=progress, desc="init pool net",
     )

@@ -168,7 +168,7 @@ def build_model(cfg: ModelConfig, channels: int, num_classes: int, image_size: t
     if cfg.width < 1:
         raise ConfigError(f"model.width={cfg.width} must be positive.")
     if cfg.name == "convnet":
-        depth = default_depth(image_size) if cfg.depth is None else int(cfg.depth)
+        depth = default_depth(image_size) if cfg.depth is None else cfg.depth
         return ConvNet(channels, num_classes, image_size, width=cfg.width, depth=depth, norm=cfg.norm)
     if cfg.name == "resnet18":
         return ResNet18GN(channels, num_classes, width=cfg.width, norm=cfg.norm)

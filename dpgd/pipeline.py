@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
-from omegaconf import DictConfig
 
 from dpgd import counts as class_counts
+from dpgd.config import TrainConfig
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.distilled import DistilledSet
@@ -64,6 +64,19 @@ def planned_multiplier(plan: NoisePlan | None, component: str) -> float | None:
 
 
 @dataclass(frozen=True)
+class RunContext:
+    """What the stages of one run share besides their own config section and the privacy
+    state (plan, ledger): where to compute, the public seed, progress bars, the tracker,
+    and the secret noise source."""
+
+    device: torch.device
+    seed: int
+    progress: bool
+    tracker: Tracker
+    noise: NoiseSource
+
+
+@dataclass(frozen=True)
 class Release:
     """What the release stages produce: the distilled set and the counts they used."""
 
@@ -73,12 +86,12 @@ class Release:
     pool_cache_hit: bool | None = None
 
 
-def run_noise(cfg: DictConfig) -> NoiseSource:
+def run_noise(cfg: TrainConfig) -> NoiseSource:
     """The run's noise source: secret for a private run unless ``reproducible_noise``."""
-    return NoiseSource.for_run(int(cfg.seed), is_private(cfg), bool(cfg.reproducible_noise))
+    return NoiseSource.for_run(cfg.seed, is_private(cfg), cfg.reproducible_noise)
 
 
-def release_counts(cfg: DictConfig, dataset: ImageDataset, plan: NoisePlan | None, ledger: PrivacyLedger,
+def release_counts(cfg: TrainConfig, dataset: ImageDataset, plan: NoisePlan | None, ledger: PrivacyLedger,
                    noise: NoiseSource) -> ClassCounts:
     """The noisy class histogram (exact only in a non-private run), declared before it is drawn."""
     sigma = None
@@ -100,16 +113,16 @@ def planned_records(plan: NoisePlan | None, component: str) -> tuple[SubsampledG
 
 
 def distill(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     dataset: ImageDataset,
     plan: NoisePlan | None,
     ledger: PrivacyLedger,
+    *,
     device: torch.device,
     tracker: Tracker | None = None,
     timer: StageTimer | None = None,
     progress: bool = True,
     metrics: dict[str, Any] | None = None,
-    *,
     noise: NoiseSource | None = None,
 ) -> Release:
     """Run the release stages of ``cfg`` on ``dataset`` (the private train split).
@@ -121,6 +134,7 @@ def distill(
     tracker = tracker or Tracker()
     timer = timer or StageTimer()
     noise = noise if noise is not None else run_noise(cfg)
+    ctx = RunContext(device=device, seed=cfg.seed, progress=progress, tracker=tracker, noise=noise)
     check_init(cfg.init, cfg.generator.name, dataset.image_size)
     with timer.stage("counts"):
         counts = release_counts(cfg, dataset, plan, ledger, noise)
@@ -130,7 +144,7 @@ def distill(
             pool = generate_pool(cfg, dataset, planned_multiplier(plan, "generator"), ledger, device, progress,
                                  noise=noise, counts=counts)
         if metrics is not None:
-            report = pool_report(pool, dataset, cfg.model, device, cfg.seed, epochs=int(cfg.generator.report_epochs))
+            report = pool_report(pool, dataset, cfg.model, device, cfg.seed, epochs=cfg.generator.report_epochs)
             metrics["generate"] = {"pool_size": len(pool.labels), "pool_test_acc": report["pool_test_acc"]}
             tracker.log("generate", {"pool_test_acc": report["pool_test_acc"] or float("nan"),
                                      "pool_size": len(pool.labels)}, step=0)
@@ -141,8 +155,8 @@ def distill(
         if cfg.init.name in POOL_INITS:
             distilled = initialise_from_pool(cfg.init, pool, dataset, cfg.ipc, cfg.model, device, cfg.seed, progress)
         else:
-            distilled = initialise(cfg.init.name, dataset, cfg.ipc, float(cfg.epsilon), stage_generator(cfg.seed, "init"))
-    if pool is None or pool.synthetic or not math.isfinite(float(cfg.epsilon)):
+            distilled = initialise(cfg.init.name, dataset, cfg.ipc, cfg.epsilon, stage_generator(cfg.seed, "init"))
+    if pool is None or pool.synthetic or not math.isfinite(cfg.epsilon):
         tracker.log_images("init/images", dataset.denormalise(distilled.images), cfg.ipc, "initialisation")
 
     alignment = None
@@ -150,20 +164,17 @@ def distill(
         if pool is None:
             raise ConfigError("expert=dp_sgd is pre-trained on the generated pool; set a generator (e.g. generator=dp_merf) or expert=none.")
         with timer.stage("expert"):
-            alignment = build_alignment(cfg, dataset, pool, plan, ledger, device, progress, metrics, tracker,
-                                        noise=noise, counts=counts)
+            alignment = build_alignment(cfg, dataset, pool, plan, ledger, ctx, counts=counts, metrics=metrics)
 
     if cfg.matcher.name != "none":
         with timer.stage("match"):
-            distilled = run_matching(cfg, dataset, distilled, pool, alignment, plan, ledger, device, tracker, progress,
-                                     noise=noise, counts=counts)
+            distilled = run_matching(cfg, dataset, distilled, pool, alignment, plan, ledger, ctx, counts=counts)
     return Release(distilled, counts, None if pool is None else bool(pool.info.get("cache_hit", False)))
 
 
 def build_alignment(
-    cfg: DictConfig, dataset: ImageDataset, pool: Pool | None, plan: NoisePlan | None, ledger: PrivacyLedger,
-    device: torch.device, progress: bool, metrics: dict[str, Any] | None, tracker: Tracker,
-    *, noise: NoiseSource, counts: ClassCounts,
+    cfg: TrainConfig, dataset: ImageDataset, pool: Pool, plan: NoisePlan | None, ledger: PrivacyLedger,
+    ctx: RunContext, *, counts: ClassCounts, metrics: dict[str, Any] | None,
 ) -> ExpertAlignment:
     """Train the DP expert (declaring its DP-SGD to the ledger first) and build the loss."""
     noise_multiplier = None
@@ -175,32 +186,30 @@ def build_alignment(
         noise_multiplier = declare_planned(ledger, plan, "expert")
     releases = ReleaseLog("expert")
     expert = train_expert(cfg.expert, cfg.model, pool.images, pool.labels, dataset, noise_multiplier,
-                          cfg.seed, device, progress, noise=noise, counts=counts, releases=releases)
+                          ctx.seed, ctx.device, ctx.progress, noise=ctx.noise, counts=counts, releases=releases)
     releases.check(planned_records(plan, "expert"))
     if metrics is not None:
         accuracy = pool_accuracy(expert, dataset)
         metrics["expert"] = {"test_acc": accuracy}
-        tracker.log("expert", {"test_acc": accuracy}, step=int(expert.info["steps"]))
+        ctx.tracker.log("expert", {"test_acc": accuracy}, step=int(expert.info["steps"]))
     return ExpertAlignment(
-        expert.model, pool.images, pool.labels, dataset.num_classes, cfg.expert.temperature,
-        cfg.expert.reference_per_class, cfg.expert.align_weight, cfg.expert.ce_weight,
-        stage_generator(cfg.seed, "expert", "references"), device,
+        expert.model, pool.images, pool.labels, num_classes=dataset.num_classes,
+        temperature=cfg.expert.temperature, reference_per_class=cfg.expert.reference_per_class,
+        align_weight=cfg.expert.align_weight, ce_weight=cfg.expert.ce_weight,
+        generator=stage_generator(ctx.seed, "expert", "references"), device=ctx.device,
     )
 
 
 def run_matching(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     dataset: ImageDataset,
     distilled: DistilledSet,
     pool: Pool | None,
     alignment: ExpertAlignment | None,
     plan: NoisePlan | None,
     ledger: PrivacyLedger,
-    device: torch.device,
-    tracker: Tracker,
-    progress: bool = True,
+    ctx: RunContext,
     *,
-    noise: NoiseSource,
     counts: ClassCounts,
 ) -> DistilledSet:
     noise_multiplier = None
@@ -215,32 +224,34 @@ def run_matching(
         log.info("matcher: noise multiplier %.4f -> %.4f (%d pieces) for %d iterations at q=%.4f",
                  noise_multiplier[0], noise_multiplier[-1], len(pieces), cfg.matcher.iterations,
                  cfg.matcher.sample_rate)
-    pick = stage_generator(cfg.seed, "match", "extractors")
+    pick = stage_generator(ctx.seed, "match", "extractors")
     if cfg.matcher.extractors == "pool_trained":
         if pool is None:
             raise ConfigError("matcher.extractors=pool_trained needs a generated pool; set a generator or use extractors=random.")
         extractors: ExtractorSource = PoolTrainedExtractors(
-            cfg.model, pool.images, pool.labels, dataset, cfg.matcher.num_extractors, cfg.matcher.extractor_epochs,
-            cfg.matcher.extractor_checkpoints, cfg.seed, pick, device, progress,
+            cfg.model, pool.images, pool.labels, dataset, num_extractors=cfg.matcher.num_extractors,
+            epochs=cfg.matcher.extractor_epochs, checkpoints=cfg.matcher.extractor_checkpoints, seed=ctx.seed,
+            generator=pick, device=ctx.device, progress=ctx.progress,
         )
     elif cfg.matcher.extractors == "random":
-        extractors = RandomExtractors(cfg.model, dataset.channels, dataset.num_classes, dataset.image_size, pick, device)
+        extractors = RandomExtractors(cfg.model, dataset.channels, dataset.num_classes, dataset.image_size, pick,
+                                      ctx.device)
     else:
         raise ConfigError(f"matcher.extractors={cfg.matcher.extractors} is unknown; choose random or pool_trained.")
     log_every = max(1, cfg.matcher.iterations // 100)
 
     def on_iteration(iteration: int, values: dict[str, float]) -> None:
         if iteration % log_every == 0 or iteration == cfg.matcher.iterations - 1:
-            tracker.log("match", values, step=iteration)
+            ctx.tracker.log("match", values, step=iteration)
 
     releases = ReleaseLog("matcher")
     images, stats = match(
-        distilled.images, distilled.labels, dataset, cfg.matcher, extractors, noise_multiplier,
-        generator=stage_generator(cfg.seed, "match", "augment"),
-        noise_generator=noise.generator("match", "noise"),
-        sampling_generator=noise.generator("match", "sampling"),
+        distilled.images, distilled.labels, dataset, cfg.matcher, extractors=extractors,
+        noise_multiplier=noise_multiplier, generator=stage_generator(ctx.seed, "match", "augment"),
+        noise_generator=ctx.noise.generator("match", "noise"),
+        sampling_generator=ctx.noise.generator("match", "sampling"),
         counts=counts, releases=releases,
-        device=device, on_iteration=on_iteration, progress=progress,
+        device=ctx.device, on_iteration=on_iteration, progress=ctx.progress,
         factor=distilled.factor, extra_loss=alignment,
     )
     releases.check(planned_records(plan, "matcher") if cfg.matcher.name == "dp_feature" else ())

@@ -19,11 +19,11 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dpgd import results as artifacts
 from dpgd.budget import plan_run
-from dpgd.config import register_configs
+from dpgd.config import TrainConfig, plain, register_configs, typed
 from dpgd.data import ImageDataset, load_dataset
 from dpgd.distilled import DistilledSet
 from dpgd.errors import DpgdError
@@ -74,8 +74,14 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak_kb / 1024 if platform.system() != "Darwin" else peak_kb / 2**20
 
 
-def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: str | None = None) -> RunResult:
-    """Run the configured pipeline once and write its artifacts into ``output_dir``."""
+def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str = "dpgd",
+        run_group: str | None = None) -> RunResult:
+    """Run the configured pipeline once and write its artifacts into ``output_dir``.
+
+    The composed config is converted to :class:`~dpgd.config.TrainConfig` dataclasses here,
+    once; every stage below reads typed fields.
+    """
+    cfg = typed(config)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     check_config(cfg)
@@ -92,7 +98,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
                     "differentially private (anyone with the seed can regenerate the noise).")
     ledger = PrivacyLedger()
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = plain(cfg)
     tracker: Tracker = open_tracker(cfg.logger, resolved, output_dir, run_name, run_group)
     exit_code = 1
     try:
@@ -103,7 +109,8 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
                  dataset.channels, dataset.image_size)
 
         stage_metrics: dict[str, Any] = {}
-        release = distill(cfg, dataset, plan, ledger, device, tracker, timer, metrics=stage_metrics, noise=noise)
+        release = distill(cfg, dataset, plan, ledger, device=device, tracker=tracker, timer=timer,
+                          metrics=stage_metrics, noise=noise)
         distilled = release.distilled
         log.info("class counts (%s): %s", "noisy release" if release.counts.noisy else "exact, non-private run",
                  release.counts.to_dict()["per_class"])
@@ -115,14 +122,14 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
             )
         tracker.log("eval", {"test_acc_mean": evaluation.mean, "test_acc_std": evaluation.std})
 
-        privacy = privacy_summary(ledger, epsilon_target=float(cfg.epsilon), delta=float(cfg.delta), noise=noise)
+        privacy = privacy_summary(ledger, epsilon_target=cfg.epsilon, delta=cfg.delta, noise=noise)
         results = {
             "dataset": dataset.name,
             "method": cfg.method,
             "ipc": cfg.ipc,
             "seed": cfg.seed,
-            "epsilon_target": float(cfg.epsilon),
-            "delta": float(cfg.delta),
+            "epsilon_target": cfg.epsilon,
+            "delta": cfg.delta,
             "test_acc_mean": evaluation.mean,
             "test_acc_std": evaluation.std,
             "test_acc_runs": evaluation.accuracies,
@@ -160,7 +167,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "dpgd", run_group: st
 
 def write_release(
     output_dir: Path,
-    cfg: DictConfig,
+    cfg: TrainConfig,
     dataset: ImageDataset,
     distilled: DistilledSet,
     results: dict[str, Any],

@@ -10,8 +10,8 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
-from omegaconf import DictConfig
 
+from dpgd.config import TrainConfig
 from dpgd.errors import ConfigError
 from dpgd.initialisation import check_init
 
@@ -27,19 +27,19 @@ NON_PRIVATE_ONLY = {
 }
 
 
-def is_private(cfg: DictConfig) -> bool:
-    return math.isfinite(float(cfg.epsilon))
+def is_private(cfg: TrainConfig) -> bool:
+    return math.isfinite(cfg.epsilon)
 
 
-def check_config(cfg: DictConfig) -> None:
+def check_config(cfg: TrainConfig) -> None:
     """Static checks: values and combinations that are wrong whatever the data."""
-    epsilon = float(cfg.epsilon)
+    epsilon = cfg.epsilon
     if math.isnan(epsilon) or epsilon <= 0:
         raise ConfigError(
             f"epsilon={cfg.epsilon} is not a privacy budget: use a positive number such as "
             "epsilon=1, or epsilon=inf for a deliberately non-private run."
         )
-    if not 0.0 < float(cfg.delta) < 1.0:
+    if not 0.0 < cfg.delta < 1.0:
         raise ConfigError(f"delta={cfg.delta} must lie in (0, 1); the field's convention is delta=1e-5.")
     if cfg.ipc < 1:
         raise ConfigError(f"ipc={cfg.ipc}: the distilled set needs at least one image per class.")
@@ -47,7 +47,7 @@ def check_config(cfg: DictConfig) -> None:
     for key, value in fractions.items():
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"budget.{key}={value} must be a fraction in [0, 1].")
-    counts_share = float(cfg.budget.counts)
+    counts_share = cfg.budget.counts
     if is_private(cfg) and not 0.0 < counts_share < 1.0:
         raise ConfigError(
             f"budget.counts={counts_share} must lie in (0, 1): a private run releases its class counts "
@@ -76,7 +76,7 @@ def check_config(cfg: DictConfig) -> None:
     resolve_device(cfg.device)
 
 
-def check_counts(cfg: DictConfig, counts: "ClassCounts", class_names: tuple[str, ...]) -> None:
+def check_counts(cfg: TrainConfig, counts: "ClassCounts", class_names: tuple[str, ...]) -> None:
     """Size checks, run on the released class counts right after their release.
 
     In a private run the counts are the noisy histogram (:mod:`dpgd.counts`), so the checks
@@ -101,7 +101,7 @@ def check_counts(cfg: DictConfig, counts: "ClassCounts", class_names: tuple[str,
     if is_private(cfg):
         from dpgd.privacy import check_delta
 
-        check_delta(float(cfg.delta), max(1, int(round(counts.total))))
+        check_delta(cfg.delta, max(1, int(round(counts.total))))
 
 
 def resolve_device(name: str) -> torch.device:

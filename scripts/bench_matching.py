@@ -54,8 +54,9 @@ def bench(dataset, matcher: str, iterations: int, ipc: int, device: torch.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _, stats = match(
-        start.images, start.labels, dataset, cfg, extractors, 5.0 if matcher == "dp_feature" else None,
-        torch.Generator().manual_seed(1), torch.Generator().manual_seed(2), device,
+        start.images, start.labels, dataset, cfg, extractors=extractors,
+        noise_multiplier=5.0 if matcher == "dp_feature" else None,
+        generator=torch.Generator().manual_seed(1), noise_generator=torch.Generator().manual_seed(2), device=device,
         on_iteration=on_iteration, progress=False,
         sampling_generator=torch.Generator().manual_seed(3), counts=exact,
     )

@@ -68,8 +68,9 @@ def test_each_iteration_draws_noise_exactly_once(monkeypatch):
     start = initialise("noise", dataset, 2, 1.0, torch.Generator().manual_seed(0))
     extractors = matching.RandomExtractors(ModelConfig(width=16), 1, 10, (8, 8), torch.Generator().manual_seed(0), torch.device("cpu"))
     images, stats = matching.match(
-        start.images, start.labels, dataset, cfg, extractors, 4.0,
-        torch.Generator().manual_seed(0), torch.Generator().manual_seed(1), torch.device("cpu"), progress=False,
+        start.images, start.labels, dataset, cfg, extractors=extractors, noise_multiplier=4.0,
+        generator=torch.Generator().manual_seed(0), noise_generator=torch.Generator().manual_seed(1),
+        device=torch.device("cpu"), progress=False,
         sampling_generator=torch.Generator().manual_seed(2), counts=exact_counts(dataset),
     )
     assert len(calls) == 5 and stats.iterations == 5

@@ -113,14 +113,16 @@ def test_match_uses_and_logs_the_per_iteration_sigma(monkeypatch):
         logged.clear()
         extractors = matching.RandomExtractors(ModelConfig(width=8), 1, 10, (8, 8), torch.Generator().manual_seed(0),
                                                torch.device("cpu"))
-        matching.match(start.images, start.labels, dataset, cfg, extractors, spec, torch.Generator().manual_seed(0),
-                       torch.Generator().manual_seed(1), torch.device("cpu"),
+        matching.match(start.images, start.labels, dataset, cfg, extractors=extractors, noise_multiplier=spec,
+                       generator=torch.Generator().manual_seed(0), noise_generator=torch.Generator().manual_seed(1),
+                       device=torch.device("cpu"),
                        on_iteration=lambda t, values: logged.append(values["sigma"]), progress=False,
                        **dp_inputs_for(dataset, sampling=True))
         assert used == expected and logged == expected
     with pytest.raises(ConfigError, match="entries"):
-        matching.match(start.images, start.labels, dataset, cfg, extractors, [1.0, 2.0],
-                       torch.Generator(), torch.Generator(), torch.device("cpu"), progress=False,
+        matching.match(start.images, start.labels, dataset, cfg, extractors=extractors, noise_multiplier=[1.0, 2.0],
+                       generator=torch.Generator(), noise_generator=torch.Generator(), device=torch.device("cpu"),
+                       progress=False,
                        **dp_inputs_for(dataset, sampling=True))
 
 

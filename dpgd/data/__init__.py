@@ -11,10 +11,11 @@ import hashlib
 import hmac
 import os
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Optional
 
 import torch
 
+from dpgd.config import DatasetConfig
 from dpgd.data.bundle import ImageDataset
 from dpgd.errors import ConfigError
 
@@ -27,19 +28,6 @@ DATA_ROOT_ENV = "DPGD_DATA_ROOT"
 TEST_SUBSET_SEED = 0
 
 
-class DatasetSettings(Protocol):
-    """The attributes of ``dpgd.config.DatasetConfig`` that loading reads."""
-
-    name: str
-    root: Optional[str]
-    download: bool
-    image_size: Optional[int]
-    channels: int
-    target_attr: str
-    max_train_per_class: Optional[int]
-    max_test: Optional[int]
-
-
 def default_data_root() -> Path:
     """Where data sets live when ``dataset.root`` is null.
 
@@ -49,28 +37,28 @@ def default_data_root() -> Path:
     return Path(env or "~/.cache/dpgd/data").expanduser()
 
 
-def _resolve_root(cfg: DatasetSettings) -> Path:
+def _resolve_root(cfg: DatasetConfig) -> Path:
     return Path(cfg.root).expanduser() if cfg.root else default_data_root()
 
 
-def _check_positive(cfg: DatasetSettings) -> None:
+def _check_positive(cfg: DatasetConfig) -> None:
     for key in ("image_size", "max_train_per_class", "max_test"):
         value = getattr(cfg, key)
         if value is not None and int(value) < 1:
             raise ConfigError(f"dataset.{key} must be a positive integer or null, got {value}")
 
 
-def load_dataset(cfg: DatasetSettings, seed: int = 0) -> ImageDataset:
+def load_dataset(cfg: DatasetConfig, seed: int = 0) -> ImageDataset:
     """Load ``cfg.name`` and apply the subsetting options.
 
     ``seed`` only chooses which train images ``max_train_per_class`` keeps; the test set
     never depends on it.
     """
-    name = str(cfg.name)
+    name = cfg.name
     if name not in DATASET_NAMES:
         raise ConfigError(f"Unknown dataset.name={name!r}; valid names: {', '.join(DATASET_NAMES)}")
     _check_positive(cfg)
-    size = int(cfg.image_size) if cfg.image_size is not None else None
+    size = cfg.image_size if cfg.image_size is not None else None
 
     # Imports are per source so a digits run never pays for (or needs) the others' modules.
     if name == "digits":
@@ -80,7 +68,7 @@ def load_dataset(cfg: DatasetSettings, seed: int = 0) -> ImageDataset:
     elif name in ("cifar10", "cifar100"):
         from dpgd.data.cifar import load_cifar
 
-        ds = load_cifar(name, _resolve_root(cfg), bool(cfg.download), size)
+        ds = load_cifar(name, _resolve_root(cfg), cfg.download, size)
     elif name == "tinyimagenet":
         from dpgd.data.tinyimagenet import load_tinyimagenet
 
@@ -88,7 +76,7 @@ def load_dataset(cfg: DatasetSettings, seed: int = 0) -> ImageDataset:
     elif name == "celeba":
         from dpgd.data.celeba import load_celeba
 
-        ds = load_celeba(_resolve_root(cfg), str(cfg.target_attr), size)
+        ds = load_celeba(_resolve_root(cfg), cfg.target_attr, size)
     else:
         if not cfg.root:
             raise ConfigError(
@@ -97,7 +85,7 @@ def load_dataset(cfg: DatasetSettings, seed: int = 0) -> ImageDataset:
             )
         from dpgd.data.imagefolder import load_imagefolder
 
-        ds = load_imagefolder(Path(cfg.root).expanduser(), size, int(cfg.channels))
+        ds = load_imagefolder(Path(cfg.root).expanduser(), size, cfg.channels)
     return _subset(ds, cfg.max_train_per_class, cfg.max_test, seed)
 
 

@@ -16,32 +16,20 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Protocol
+from typing import Any, ClassVar
 
 import torch
 
+from dpgd.config import GeneratorConfig
 from dpgd.counts import ClassCounts
-from dpgd.privacy.randomness import NoiseSource
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.privacy import SubsampledGaussian
 from dpgd.privacy.components import PrivacyNeed, ReleaseLog
+from dpgd.privacy.randomness import NoiseSource
 
 # The component name every generator mechanism is recorded under (the budget's key).
 GENERATOR_COMPONENT = "generator"
-
-
-class GeneratorSettings(Protocol):
-    """The attributes of :class:`dpgd.config.GeneratorConfig` (dataclass or DictConfig)."""
-
-    name: str
-    pool_per_class: int
-    cache: bool
-    cache_dir: Optional[str]
-    report_epochs: int
-    dp_merf: Any
-    dp_sgd: Any
-    pe: Any
 
 
 @dataclass
@@ -89,14 +77,14 @@ class PoolGenerator(ABC):
     # Whether a fitted pool may be stored in the pool cache.
     cacheable: ClassVar[bool] = True
 
-    def __init__(self, cfg: GeneratorSettings, progress: bool = True) -> None:
+    def __init__(self, cfg: GeneratorConfig, progress: bool = True) -> None:
         self.cfg = cfg
         self.progress = progress
-        if int(cfg.pool_per_class) < 1:
+        if cfg.pool_per_class < 1:
             raise ConfigError(
                 f"generator.pool_per_class={cfg.pool_per_class} must be at least 1 for generator={self.name}."
             )
-        self.pool_per_class = int(cfg.pool_per_class)
+        self.pool_per_class = cfg.pool_per_class
 
     @abstractmethod
     def privacy_request(self) -> PrivacyNeed | None:

@@ -50,9 +50,10 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dpgd.config import GeneratorConfig
 from dpgd.data import ImageDataset, hash_train_split
 from dpgd.errors import ConfigError
-from dpgd.generators.base import GeneratorSettings, Pool
+from dpgd.generators.base import Pool
 from dpgd.privacy import SubsampledGaussian
 from dpgd.storage import atomic_torch_save
 
@@ -84,11 +85,11 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def key_settings(cfg: GeneratorSettings) -> dict[str, Any]:
+def key_settings(cfg: GeneratorConfig) -> dict[str, Any]:
     """The part of the generator config that determines its pool."""
-    name = str(cfg.name)
+    name = cfg.name
     own = getattr(cfg, name, None)
-    return {"name": name, "pool_per_class": int(cfg.pool_per_class), name: _plain(own)}
+    return {"name": name, "pool_per_class": cfg.pool_per_class, name: _plain(own)}
 
 
 def local_secret(cache_dir: Path) -> bytes:
@@ -190,7 +191,7 @@ def code_version() -> str:
 
 
 def cache_key(
-    cfg: GeneratorSettings,
+    cfg: GeneratorConfig,
     noise_multiplier: float | None,
     seed: int,
     *,

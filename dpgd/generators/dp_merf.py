@@ -126,8 +126,8 @@ class DpMerf(PoolGenerator):
         pixels = dataset.channels * dataset.image_size[0] * dataset.image_size[1]
         features = RandomFourierFeatures(
             pixels,
-            int(opts.num_features),
-            float(opts.bandwidth) * math.sqrt(pixels),
+            opts.num_features,
+            opts.bandwidth * math.sqrt(pixels),
             stage_generator(seed, "generator", "dp_merf", "frequencies"),
             device,
         )
@@ -145,31 +145,31 @@ class DpMerf(PoolGenerator):
         # --- post-processing: fit a generator to the released embedding ----------------
         with seeded_cpu_rng(derive_seed(seed, "generator", "dp_merf", "init")):
             decoder = ConditionalDecoder(
-                int(opts.latent_dim), num_classes, dataset.channels, dataset.image_size, int(opts.width)
+                opts.latent_dim, num_classes, dataset.channels, dataset.image_size, opts.width
             )
         decoder.to(device).train()
-        optimizer = torch.optim.Adam(decoder.parameters(), lr=float(opts.lr))
+        optimizer = torch.optim.Adam(decoder.parameters(), lr=opts.lr)
         latent = stage_generator(seed, "generator", "dp_merf", "latent")
-        per_class = int(opts.batch_per_class)
+        per_class = opts.batch_per_class
         labels = torch.arange(num_classes, device=device).repeat_interleave(per_class)
-        bar = tqdm(range(int(opts.steps)), desc="dp_merf fit", disable=not self.progress, leave=False,
+        bar = tqdm(range(opts.steps), desc="dp_merf fit", disable=not self.progress, leave=False,
                    dynamic_ncols=True)
         loss_value = float("nan")
         for step in bar:
-            z = torch.randn(labels.shape[0], int(opts.latent_dim), generator=latent).to(device)
+            z = torch.randn(labels.shape[0], opts.latent_dim, generator=latent).to(device)
             fake = from_tanh_space(decoder(z, labels), dataset.mean, dataset.std)
             fake_means = features(fake).view(num_classes, per_class, -1).mean(dim=1)
             loss = (fake_means - targets).square().sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if step % 50 == 0 or step == int(opts.steps) - 1:
+            if step % 50 == 0 or step == opts.steps - 1:
                 loss_value = float(loss.item())
                 bar.set_postfix(loss=f"{loss_value:.4f}")
         fit_seconds = time.perf_counter() - started
 
         images, pool_labels = sample_decoder(
-            decoder, int(opts.latent_dim), num_classes, self.pool_per_class, dataset, device,
+            decoder, opts.latent_dim, num_classes, self.pool_per_class, dataset, device,
             stage_generator(seed, "generator", "dp_merf", "sample"),
         )
         return Pool(

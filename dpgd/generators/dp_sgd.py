@@ -72,15 +72,15 @@ def per_sample_loss(
 
 def dp_sgd_steps(opts) -> int:
     """Steps from the settings: ``steps`` when set, else ceil(epochs / sample_rate)."""
-    q = float(opts.sample_rate)
+    q = opts.sample_rate
     if not 0 < q <= 1:
         raise ConfigError(f"generator.dp_sgd.sample_rate={q} must be in (0, 1].")
     if opts.steps is not None:
-        steps = int(opts.steps)
+        steps = opts.steps
     else:
-        if float(opts.epochs) <= 0:
+        if opts.epochs <= 0:
             raise ConfigError(f"generator.dp_sgd.epochs={opts.epochs} must be positive.")
-        steps = int(math.ceil(float(opts.epochs) / q - 1e-9))
+        steps = int(math.ceil(opts.epochs / q - 1e-9))
     if steps < 1:
         raise ConfigError(f"generator.dp_sgd.steps={steps} must be at least 1.")
     return steps
@@ -93,7 +93,7 @@ class DpSgdVae(PoolGenerator):
 
     def privacy_request(self) -> PrivacyNeed:
         opts = self.cfg.dp_sgd
-        return PrivacyNeed(GENERATOR_COMPONENT, sample_rate=float(opts.sample_rate), steps=dp_sgd_steps(opts),
+        return PrivacyNeed(GENERATOR_COMPONENT, sample_rate=opts.sample_rate, steps=dp_sgd_steps(opts),
                            sensitivity=SENSITIVITY_TEXT)
 
     def fit_and_sample(
@@ -103,18 +103,18 @@ class DpSgdVae(PoolGenerator):
         opts = self.cfg.dp_sgd
         sigma = check_multiplier(self.name, noise_multiplier)
         need = self.privacy_request()
-        clip = float(opts.clip_norm)
+        clip = opts.clip_norm
         if not (clip > 0 and math.isfinite(clip)):
             raise ConfigError(f"generator.dp_sgd.clip_norm={clip} must be positive.")
-        latent_dim = int(opts.latent_dim)
+        latent_dim = opts.latent_dim
         started = time.perf_counter()
         with seeded_cpu_rng(derive_seed(seed, "generator", "dp_sgd", "init")):
-            vae = ConditionalVAE(latent_dim, dataset.num_classes, dataset.channels, dataset.image_size, int(opts.width))
+            vae = ConditionalVAE(latent_dim, dataset.num_classes, dataset.channels, dataset.image_size, opts.width)
         model = GradSampleModule(vae.to(device), batch_first=True, loss_reduction="mean")
         # The expected batch q*N normalises the noisy gradient sum: N is the released (noisy) total.
         expected_batch = max(1, int(round(need.sample_rate * counts.total)))
         optimizer = DPOptimizer(
-            torch.optim.Adam(model.parameters(), lr=float(opts.lr)),
+            torch.optim.Adam(model.parameters(), lr=opts.lr),
             noise_multiplier=sigma,
             max_grad_norm=clip,
             expected_batch_size=expected_batch,
@@ -144,7 +144,7 @@ class DpSgdVae(PoolGenerator):
                 index = index.to(device)
                 eps = torch.randn(index.numel(), latent_dim, generator=latent).to(device)
                 recon, mean, log_var = model(images[index], labels[index], eps)
-                loss = per_sample_loss(recon, images[index], mean, log_var, float(opts.obs_var)).mean()
+                loss = per_sample_loss(recon, images[index], mean, log_var, opts.obs_var).mean()
                 with warnings.catch_warnings():
                     # opacus's hooks fire on outputs because the (private) inputs need no grad: expected.
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")

@@ -111,7 +111,7 @@ class PrivateEvolution(PoolGenerator):
     name = "pe"
 
     def privacy_request(self) -> PrivacyNeed:
-        rounds = int(self.cfg.pe.rounds)
+        rounds = self.cfg.pe.rounds
         if rounds < 1:
             raise ConfigError(f"generator.pe.rounds={rounds} must be at least 1.")
         return PrivacyNeed(GENERATOR_COMPONENT, sample_rate=1.0, steps=rounds, sensitivity=SENSITIVITY_TEXT)
@@ -128,16 +128,16 @@ class PrivateEvolution(PoolGenerator):
         opts = self.cfg.pe
         sigma = check_multiplier(self.name, noise_multiplier)
         need = self.privacy_request()
-        population = int(opts.population)
+        population = opts.population
         if population < 1:
             raise ConfigError(f"generator.pe.population={population} must be at least 1.")
-        strengths = torch.linspace(float(opts.strength_start), float(opts.strength_end), need.steps).tolist()
+        strengths = torch.linspace(opts.strength_start, opts.strength_end, need.steps).tolist()
         if any(not 0.0 <= s <= 1.0 for s in strengths):
             raise ConfigError("generator.pe.strength_start and strength_end must lie in [0, 1].")
-        threshold = float(opts.threshold) * sigma * SENSITIVITY
+        threshold = opts.threshold * sigma * SENSITIVITY
         started = time.perf_counter()
         source = self.build_source(dataset, device)
-        embed = VotingEmbedding(str(opts.embedding), dataset, seed, device)
+        embed = VotingEmbedding(opts.embedding, dataset, seed, device)
         num_classes = dataset.num_classes
         private = [embed(dataset.train_images[dataset.train_labels == c]) for c in range(num_classes)]
         random_gen = stage_generator(seed, "generator", "pe", "random")
@@ -176,7 +176,7 @@ class PrivateEvolution(PoolGenerator):
             info={
                 "fit_seconds": round(time.perf_counter() - started, 3),
                 "rounds": rounds_info,
-                "source": str(opts.source),
+                "source": opts.source,
                 "non_private": noise_multiplier is None,
             },
         )

@@ -222,11 +222,11 @@ class DiffusersSource:
 
 def build_source(pe_cfg, dataset: ImageDataset, device: torch.device) -> CandidateSource:
     """The candidate source ``generator.pe.source`` names."""
-    source = str(pe_cfg.source)
+    source = pe_cfg.source
     if source == "public_folder":
-        return PublicFolderSource(pe_cfg.public_root, dataset, float(pe_cfg.pixel_noise))
+        return PublicFolderSource(pe_cfg.public_root, dataset, pe_cfg.pixel_noise)
     if source == "diffusers":
         return DiffusersSource(
-            pe_cfg.diffusers_path, dataset, int(pe_cfg.diffusers_steps), int(pe_cfg.diffusers_batch_size), device
+            pe_cfg.diffusers_path, dataset, pe_cfg.diffusers_steps, pe_cfg.diffusers_batch_size, device
         )
     raise ConfigError(f"generator.pe.source={source} is unknown; choose public_folder or diffusers.")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dpgd.config import GeneratorConfig
 from dpgd.errors import ConfigError
-from dpgd.generators.base import GeneratorSettings, PoolGenerator
-from dpgd.privacy.components import PrivacyNeed
+from dpgd.generators.base import PoolGenerator
 from dpgd.generators.dp_merf import DpMerf
 from dpgd.generators.dp_sgd import DpSgdVae
 from dpgd.generators.pe import PrivateEvolution
 from dpgd.generators.real import RealPool
+from dpgd.privacy.components import PrivacyNeed
 
 GENERATORS: dict[str, type[PoolGenerator] | None] = {
     "none": None,
@@ -20,16 +21,16 @@ GENERATORS: dict[str, type[PoolGenerator] | None] = {
 GENERATOR_NAMES = tuple(GENERATORS)
 
 
-def build_generator(cfg: GeneratorSettings, progress: bool = True) -> PoolGenerator | None:
+def build_generator(cfg: GeneratorConfig, progress: bool = True) -> PoolGenerator | None:
     """The generator ``cfg.name`` names (None for ``none``); settings are checked here."""
-    name = str(cfg.name)
+    name = cfg.name
     if name not in GENERATORS:
         raise ConfigError(f"generator={name} is unknown; choose one of {', '.join(GENERATOR_NAMES)}.")
     cls = GENERATORS[name]
     return None if cls is None else cls(cfg, progress=progress)
 
 
-def privacy_request(cfg: GeneratorSettings) -> PrivacyNeed | None:
+def privacy_request(cfg: GeneratorConfig) -> PrivacyNeed | None:
     """What the configured generator will release (None for ``none``/``real``), before any data."""
     generator = build_generator(cfg, progress=False)
     return None if generator is None else generator.privacy_request()

@@ -18,9 +18,8 @@ import time
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
-from dpgd.config import ModelConfig
+from dpgd.config import ModelConfig, TrainConfig
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
@@ -47,7 +46,7 @@ GRID_PER_CLASS = 10
 
 
 def generate_pool(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     dataset: ImageDataset,
     noise_multiplier: float | None,
     ledger: PrivacyLedger,
@@ -64,8 +63,8 @@ def generate_pool(
     """
     gen_cfg = cfg.generator
     generator = build_generator(gen_cfg, progress=progress)
-    name = str(gen_cfg.name)
-    private = math.isfinite(float(cfg.epsilon))
+    name = gen_cfg.name
+    private = math.isfinite(cfg.epsilon)
     if generator is None:
         if noise_multiplier is not None:
             raise ConfigError("generator=none runs no DP mechanism but was planned a noise multiplier; "
@@ -86,13 +85,13 @@ def generate_pool(
         raise ConfigError(f"generator={name} runs no DP mechanism; set budget.generator=0.")
     mechanisms = generator.mechanisms(noise_multiplier)
 
-    use_cache = bool(gen_cfg.cache) and generator.cacheable
+    use_cache = gen_cfg.cache and generator.cacheable
     path = key = None
     if use_cache:
         # The key holds a keyed hash of the data (never logged: see dpgd.generators.cache) and
         # the noise mode, so a pool made with reproducible noise never serves a secret-noise run.
         cache_dir = resolve_cache_dir(gen_cfg.cache_dir)
-        key = cache_key(gen_cfg, noise_multiplier, int(cfg.seed),
+        key = cache_key(gen_cfg, noise_multiplier, cfg.seed,
                         fingerprint=keyed_fingerprint(dataset, local_secret(cache_dir)), noise_mode=noise.mode)
         path = cache_path(cache_dir, key)
         cached = load_pool(path, key)
@@ -111,7 +110,7 @@ def generate_pool(
         ledger.declare(mechanism)
     log.info("generator %s: fitting (noise multiplier %s)", name, noise_multiplier)
     releases = ReleaseLog(GENERATOR_COMPONENT)
-    pool = generator.fit_and_sample(dataset, noise_multiplier, int(cfg.seed), device, noise=noise, counts=counts,
+    pool = generator.fit_and_sample(dataset, noise_multiplier, cfg.seed, device, noise=noise, counts=counts,
                                     releases=releases)
     releases.check(mechanisms)  # the releases that ran, one by one, against the declared records
     if pool.mechanisms != mechanisms:

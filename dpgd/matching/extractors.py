@@ -66,6 +66,7 @@ class PoolTrainedExtractors:
         pool_images: torch.Tensor,
         pool_labels: torch.Tensor,
         dataset: ImageDataset,
+        *,
         num_extractors: int,
         epochs: int,
         checkpoints: int,

@@ -24,8 +24,8 @@ def privacy_request(matcher_cfg: Any) -> PrivacyNeed | None:
     """What ``dp_feature`` will release: one subsampled Gaussian per iteration; None otherwise."""
     if matcher_cfg.name != "dp_feature":
         return None
-    steps = int(matcher_cfg.iterations)
-    return PrivacyNeed(COMPONENT, float(matcher_cfg.sample_rate), steps, SENSITIVITY_TEXT,
+    steps = matcher_cfg.iterations
+    return PrivacyNeed(COMPONENT, matcher_cfg.sample_rate, steps, SENSITIVITY_TEXT,
                        relative_pieces(matcher_cfg.noise_schedule, steps))
 
 

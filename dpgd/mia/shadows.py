@@ -17,7 +17,6 @@ the runs it lacks and a changed setting never reuses stale runs.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -31,10 +30,10 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from dpgd.augment import DSA
+from dpgd.config import TrainConfig, plain
 from dpgd.data import ImageDataset, dataset_fingerprint
 from dpgd.mia.lira import logit_scaled_confidence
 from dpgd.models import seeded_model
@@ -57,7 +56,7 @@ KEY_EXCLUDED_TOP = ("logger", "device", "method")
 class ShadowContext:
     """Everything a run needs, shipped once to each worker process (plain, picklable data)."""
 
-    config: DictConfig  # the target config (typed: stages may rely on the schema)
+    config: TrainConfig  # the target config
     plan: Any  # the target's NoisePlan (None for epsilon=inf): the same noise for every run
     dataset: ImageDataset
     population: torch.Tensor  # indices into dataset.train_*
@@ -83,9 +82,9 @@ class ShadowOutput:
                 "phi": self.phi, "loss": self.loss, "test_acc": self.test_acc, "seconds": self.seconds}
 
 
-def cache_key(cfg: DictConfig, dataset: ImageDataset, population: torch.Tensor) -> str:
+def cache_key(cfg: TrainConfig, dataset: ImageDataset, population: torch.Tensor) -> str:
     """Hash of everything a run's output depends on: config, data, population."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = plain(cfg)
     for name in KEY_EXCLUDED_TOP:
         resolved.pop(name, None)
     for name in KEY_EXCLUDED_MIA:
@@ -101,20 +100,15 @@ def run_seed(context: ShadowContext, run: int) -> int:
     return derive_seed(context.seed, "run", run)
 
 
-def run_config(context: ShadowContext, run: int) -> DictConfig:
+def run_config(context: ShadowContext, run: int) -> TrainConfig:
     """The target config with this run's seed, and no pool caching or pool report.
 
     A shadow's pool is fitted on its member subset and never reused, so caching it would
     only fill the user's pool cache; the pool report is reporting, not release.
     """
-    cfg = copy.deepcopy(context.config)
-    OmegaConf.set_readonly(cfg, False)
-    cfg.seed = run_seed(context, run)
-    if "generator" in cfg:
-        for name, value in (("cache", False), ("report_epochs", 0)):
-            if name in cfg.generator:
-                cfg.generator[name] = value
-    return cfg
+    cfg = context.config
+    generator = dataclasses.replace(cfg.generator, cache=False, report_epochs=0)
+    return dataclasses.replace(cfg, seed=run_seed(context, run), generator=generator)
 
 
 def member_dataset(context: ShadowContext, membership: torch.Tensor) -> ImageDataset:
@@ -153,7 +147,7 @@ def run_shadow(context: ShadowContext, run: int, membership: torch.Tensor) -> Sh
     private = member_dataset(context, membership)
     # A throwaway ledger: shadow runs are evaluation, not release; the target's ledger is untouched.
     # Fresh secret noise per run (unless reproducible_noise), as each real release draws.
-    distilled = distill(cfg, private, context.plan, PrivacyLedger(), device, progress=False).distilled
+    distilled = distill(cfg, private, context.plan, PrivacyLedger(), device=device, progress=False).distilled
     images, labels = distilled.expanded()
     ds = context.dataset
     query_images = ds.train_images[context.population]

@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig
 
 from dpgd.budget import plan_run
+from dpgd.config import TrainConfig, typed
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.mia.design import draw_population, membership_matrix
@@ -32,7 +33,7 @@ from dpgd.mia.lira import lira_scores
 from dpgd.mia.loss_attack import loss_scores
 from dpgd.mia.metrics import LOW_FPR_LEVELS, RocMetrics, downsample_roc, roc_metrics
 from dpgd.mia.plot import plot_roc
-from dpgd.mia.settings import MIA_NAMES
+from dpgd.mia.settings import MIA_NAMES, MiaConfig
 from dpgd.mia.shadows import SHADOW_DIR, ShadowContext, ShadowSet, cache_key, collect_shadows
 from dpgd.seeding import derive_seed
 from dpgd.tracking import Tracker
@@ -43,7 +44,7 @@ ROC_FILE = "mia_roc.png"
 HEADLINE_KEYS = ("auc", *(f"tpr_at_{suffix}_fpr" for suffix, _ in LOW_FPR_LEVELS), "balanced_accuracy")
 
 
-def check_mia_settings(cfg: DictConfig) -> None:
+def check_mia_settings(cfg: TrainConfig) -> None:
     """Static checks of ``cfg.mia``: call before any stage, so a typo does not cost a run."""
     mia = cfg.mia
     if mia.name not in MIA_NAMES:
@@ -60,13 +61,13 @@ def check_mia_settings(cfg: DictConfig) -> None:
                 "per side; use mia.num_shadow>=6 (64 in the LiRA paper) or mia.global_variance=true."
             )
     for key in ("eval_models", "workers"):
-        if int(mia[key]) < 1:
-            raise ConfigError(f"mia.{key}={mia[key]} must be at least 1.")
-    if mia.epochs is not None and int(mia.epochs) < 1:
+        if int(getattr(mia, key)) < 1:
+            raise ConfigError(f"mia.{key}={getattr(mia, key)} must be at least 1.")
+    if mia.epochs is not None and mia.epochs < 1:
         raise ConfigError(f"mia.epochs={mia.epochs} must be at least 1, or null to use evaluation.epochs.")
 
 
-def check_mia(cfg: DictConfig, dataset: ImageDataset) -> None:
+def check_mia(cfg: TrainConfig, dataset: ImageDataset) -> None:
     """All checks, including those that need the data set's class counts (after loading)."""
     check_mia_settings(cfg)
     mia = cfg.mia
@@ -94,7 +95,7 @@ def check_mia(cfg: DictConfig, dataset: ImageDataset) -> None:
 
 
 def run_attack(
-    cfg: DictConfig,
+    config: DictConfig | TrainConfig,
     dataset: ImageDataset,
     device: torch.device,
     output_dir: Path,
@@ -107,6 +108,7 @@ def run_attack(
     ``output_dir`` and logs metrics under ``mia/``, the ROC table ``mia/roc`` and the plot
     ``mia/roc_curve`` to ``tracker``.
     """
+    cfg = typed(config)
     mia = cfg.mia
     if mia.name == "none":
         return None
@@ -124,16 +126,16 @@ def run_attack(
         outside = torch.ones(dataset.num_train, dtype=torch.bool)
         outside[population] = False
         rest = torch.nonzero(outside).flatten()
-    epochs = int(mia.epochs) if mia.epochs is not None else int(cfg.evaluation.epochs)
+    epochs = mia.epochs if mia.epochs is not None else cfg.evaluation.epochs
     context = ShadowContext(
         config=cfg, plan=plan_run(cfg), dataset=dataset,
-        population=population, rest=rest, seed=seed, eval_models=int(mia.eval_models), epochs=epochs,
+        population=population, rest=rest, seed=seed, eval_models=mia.eval_models, epochs=epochs,
         device=str(device), key=cache_key(cfg, dataset, population),
     )
     log.info("mia: %s over %d run(s) of the pipeline, population %d, %d evaluation model(s) x %d epochs",
              mia.name, runs, len(population), mia.eval_models, epochs)
     shadows = collect_shadows(context, membership, output_dir / SHADOW_DIR if mia.cache else None,
-                              workers=int(mia.workers), progress=progress)
+                              workers=mia.workers, progress=progress)
     curves = attack_curves(mia, shadows)
     headline = "online" if "online" in curves else next(iter(curves))
     results = attack_results(cfg, curves, headline, shadows, len(population), epochs,
@@ -147,10 +149,10 @@ def run_attack(
     return results
 
 
-def attack_curves(mia: DictConfig, shadows: ShadowSet) -> dict[str, RocMetrics]:
+def attack_curves(mia: MiaConfig, shadows: ShadowSet) -> dict[str, RocMetrics]:
     """ROC metrics of each variant over every scored (run, record) pair."""
     if mia.name == "lira":
-        scores = lira_scores(shadows.phi, shadows.membership, bool(mia.global_variance))
+        scores = lira_scores(shadows.phi, shadows.membership, mia.global_variance)
         return {
             "online": roc_metrics(scores.online, scores.membership),
             "offline": roc_metrics(scores.offline, scores.membership),
@@ -159,7 +161,7 @@ def attack_curves(mia: DictConfig, shadows: ShadowSet) -> dict[str, RocMetrics]:
 
 
 def attack_results(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     curves: dict[str, RocMetrics],
     headline: str,
     shadows: ShadowSet,
@@ -171,14 +173,14 @@ def attack_results(
     top = variants[headline]
     runs = len(shadows.outputs)
     return {
-        "attack": str(cfg.mia.name),
+        "attack": cfg.mia.name,
         "variant": headline,
         "num_shadow": runs if cfg.mia.name == "lira" else 0,
         # Leave-one-pair-out: each run is a target once, scored against the runs outside its pair.
         "shadows_per_target": runs - 2 if cfg.mia.name == "lira" else 0,
         "population": population,
         "scored_pairs": runs * population,
-        "eval_models": int(cfg.mia.eval_models),
+        "eval_models": cfg.mia.eval_models,
         "epochs": epochs,
         "private_set": "members+rest" if cfg.mia.include_rest else "members",
         **{key: top[key] for key in HEADLINE_KEYS},

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 from scipy.optimize import brentq
 
 from dpgd.errors import BudgetError
-from dpgd.privacy import analysis
+import dpgd.privacy.analysis as analysis
 from dpgd.privacy.mechanisms import SubsampledGaussian
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
 from dpgd.errors import ConfigError
-from dpgd.privacy import analysis
+import dpgd.privacy.analysis as analysis
 from dpgd.privacy.mechanisms import SubsampledGaussian
 
 ADJACENCY = "add/remove one record"

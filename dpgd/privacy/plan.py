@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from dpgd.errors import BudgetError, ConfigError
-from dpgd.privacy import analysis
+import dpgd.privacy.analysis as analysis
 from dpgd.privacy._search import ComponentCurve, Infeasible, OutOfRange, initial_scale, solve_increasing
 from dpgd.privacy.mechanisms import SubsampledGaussian
 from dpgd.privacy.schedules import Pieces, expand, validate_pieces

@@ -90,7 +90,7 @@ def schedule_from_config(schedule_cfg: Any, steps: int) -> Pieces:
     if schedule_cfg is None:
         return ((1.0, int(steps)),)
     return relative_schedule(
-        str(schedule_cfg.kind), int(steps), float(schedule_cfg.ratio), int(schedule_cfg.phases),
+        schedule_cfg.kind, int(steps), schedule_cfg.ratio, schedule_cfg.phases,
         int(getattr(schedule_cfg, "pieces", 20)),
     )
 
