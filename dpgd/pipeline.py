@@ -31,7 +31,7 @@ from dpgd.errors import ConfigError
 from dpgd.expert import ExpertAlignment, pool_accuracy, train_expert
 from dpgd.generators import Pool, generate_pool, pool_report
 from dpgd.initialisation import POOL_INITS, check_init, initialise, initialise_from_pool
-from dpgd.matching import ExtractorSource, PoolTrainedExtractors, RandomExtractors, match
+from dpgd.matching import ExtractorSource, MatchingStats, PoolTrainedExtractors, RandomExtractors, match
 from dpgd.privacy import NoisePlan, PrivacyLedger, ReleaseLog, SubsampledGaussian, declare_planned
 from dpgd.privacy.randomness import NoiseSource
 from dpgd.seeding import stage_generator
@@ -82,8 +82,10 @@ class Release:
 
     distilled: DistilledSet
     counts: ClassCounts
-    # Whether the pool came from the cache (a private diagnostic; None without a pool).
+    # Private diagnostics: whether the pool came from the cache (None without a pool), and
+    # the matching loop's statistics (seconds depend on the Poisson batch sizes, hence on N).
     pool_cache_hit: bool | None = None
+    match_stats: MatchingStats | None = None
 
 
 def run_noise(cfg: TrainConfig) -> NoiseSource:
@@ -166,10 +168,12 @@ def distill(
         with timer.stage("expert"):
             alignment = build_alignment(cfg, dataset, pool, plan, ledger, ctx, counts=counts, metrics=metrics)
 
+    match_stats = None
     if cfg.matcher.name != "none":
         with timer.stage("match"):
-            distilled = run_matching(cfg, dataset, distilled, pool, alignment, plan, ledger, ctx, counts=counts)
-    return Release(distilled, counts, None if pool is None else bool(pool.info.get("cache_hit", False)))
+            distilled, match_stats = run_matching(cfg, dataset, distilled, pool, alignment, plan, ledger, ctx,
+                                                  counts=counts)
+    return Release(distilled, counts, None if pool is None else bool(pool.info.get("cache_hit", False)), match_stats)
 
 
 def build_alignment(
@@ -211,7 +215,7 @@ def run_matching(
     ctx: RunContext,
     *,
     counts: ClassCounts,
-) -> DistilledSet:
+) -> tuple[DistilledSet, MatchingStats]:
     noise_multiplier = None
     if cfg.matcher.name == "dp_feature":
         if plan is None:
@@ -255,5 +259,6 @@ def run_matching(
         factor=distilled.factor, extra_loss=alignment,
     )
     releases.check(planned_records(plan, "matcher") if cfg.matcher.name == "dp_feature" else ())
-    # Seconds per iteration depend on the Poisson batch sizes (hence on N): not tracked.
-    return DistilledSet(images, distilled.labels, factor=distilled.factor)
+    # Seconds per iteration depend on the Poisson batch sizes (hence on N): not tracked,
+    # returned for the private diagnostics only.
+    return DistilledSet(images, distilled.labels, factor=distilled.factor), stats

@@ -8,6 +8,7 @@ user errors (:class:`~dpgd.errors.DpgdError`) into one short message and exit st
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import resource
@@ -153,7 +154,8 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str = "dpg
             "timings_s": timer.seconds,
             "peak_memory_mb": round(peak_memory_mb(device), 1),
             "device": str(device),
-            "pool_cache_hit": getattr(release, "pool_cache_hit", None),
+            "pool_cache_hit": release.pool_cache_hit,
+            "match": None if release.match_stats is None else dataclasses.asdict(release.match_stats),
             "num_train": dataset.num_train,
         }
         write_private(output_dir, diagnostics, mia)

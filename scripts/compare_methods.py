@@ -18,23 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
-from typing import Any
 
-from omegaconf import OmegaConf
-
-from dpgd.config import compose
-from dpgd.report import RunRecord, aggregate, finished_results, markdown_table, read_diagnostics
+from dpgd.report import DATASETS, RunRecord, aggregate, dataset_overrides, markdown_table, read_diagnostics, run_or_reuse
 from dpgd.results import release_dir
-from dpgd.train import run
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = {
-    "digits": ["dataset=digits"],
-    # The configs' cifar10_mini preset (an imagefolder), pinned to the slice beside this checkout.
-    "cifar10-mini": ["dataset=cifar10_mini", f"dataset.root={REPO.parent / 'shared' / 'data' / 'cifar10-mini'}"],
-}
 METHODS = {
     "dpgeng": ["experiment=dpgeng"],
     "ndpdc": ["experiment=ndpdc"],
@@ -44,19 +32,6 @@ METHODS = {
     "dpgeng_no_expert": ["experiment=dpgeng_no_expert"],
 }
 NON_PRIVATE = {"dm"}
-
-
-def run_or_reuse(overrides: list[str], folder: Path) -> tuple[dict[str, Any], float, bool]:
-    """Compose the packaged config with ``overrides`` and run it into ``folder``, unless the
-    folder already holds a run of exactly that resolved config: (results, seconds, reused).
-    For a reused run, seconds is the sum of its recorded stage timings."""
-    cfg = compose(*overrides)
-    results = finished_results(folder, OmegaConf.to_container(cfg, resolve=True))
-    if results is not None:
-        return results, sum(read_diagnostics(folder).get("timings_s", {}).values()), True
-    started = time.perf_counter()
-    results = run(cfg, folder).results
-    return results, time.perf_counter() - started, False
 
 
 def main() -> None:
@@ -70,7 +45,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    dataset = DATASETS.get(args.dataset, ["dataset=imagefolder", f"dataset.root={args.dataset}"])
+    dataset = dataset_overrides(args.dataset)
     args.out.mkdir(parents=True, exist_ok=True)
     records: list[RunRecord] = []
     runs_json = []

@@ -19,7 +19,7 @@ import logging
 import statistics
 from pathlib import Path
 
-from compare_methods import DATASETS, run_or_reuse
+from dpgd.report import DATASETS, dataset_overrides, run_or_reuse
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/compare_schedules"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    dataset = DATASETS.get(args.dataset, ["dataset=imagefolder", f"dataset.root={args.dataset}"])
+    dataset = dataset_overrides(args.dataset)
     args.out.mkdir(parents=True, exist_ok=True)
     rows, runs = [], []
     for kind in args.kinds:

@@ -182,6 +182,7 @@ def match(
     optimiser = torch.optim.SGD([syn], lr=matcher_cfg.lr_images, momentum=matcher_cfg.momentum)
     dsa = DSA(matcher_cfg.dsa_strategy) if matcher_cfg.dsa else None
 
+    _synchronize(device)  # time the loop alone on CUDA (one sync before and after, none inside)
     start = time.perf_counter()
     real_seen = 0
     loss_value = float("nan")
@@ -217,6 +218,7 @@ def match(
         if on_iteration is not None:
             # Only values computed from DP outputs: never the (private) Poisson batch size.
             on_iteration(iteration, {"loss": loss_value, **metrics})
+    _synchronize(device)
     seconds = time.perf_counter() - start
     stats = MatchingStats(
         iterations=matcher_cfg.iterations,
@@ -224,3 +226,8 @@ def match(
         images_per_second=(real_seen + matcher_cfg.iterations * len(syn) * factor**2) / max(seconds, 1e-9),
     )
     return syn.detach().cpu(), stats
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
