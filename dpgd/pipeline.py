@@ -143,8 +143,9 @@ def distill(
     pool = None
     if cfg.generator.name != "none":
         with timer.stage("generate"):
-            pool = generate_pool(cfg, dataset, planned_multiplier(plan, "generator"), ledger, device, progress,
-                                 noise=noise, counts=counts)
+            pool = generate_pool(cfg.generator, dataset, planned_multiplier(plan, "generator"), ledger,
+                                 private=is_private(cfg), seed=ctx.seed, device=ctx.device, noise=ctx.noise,
+                                 counts=counts, progress=ctx.progress)
         if metrics is not None:
             report = pool_report(pool, dataset, cfg.model, device, cfg.seed, epochs=cfg.generator.report_epochs)
             metrics["generate"] = {"pool_size": len(pool.labels), "pool_test_acc": report["pool_test_acc"]}

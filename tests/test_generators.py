@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -10,8 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from dpgd.config import DatasetConfig, GeneratorConfig, ModelConfig
-from dpgd.data import load_dataset
+from dpgd.config import GeneratorConfig, ModelConfig
 from dpgd.errors import ConfigError
 from dpgd.generators import GENERATOR_COMPONENT, Pool, build_generator, generate_pool, pool_report, privacy_request
 from dpgd.generators import dp_merf, pe
@@ -47,8 +45,9 @@ def gen_cfg(name: str, pool_per_class: int = 20, **sections):
     return cfg
 
 
-def run_cfg(generator_cfg, epsilon: float = 1.0, seed: int = 0):
-    return OmegaConf.create({"epsilon": epsilon, "seed": seed, "generator": generator_cfg})
+def stage(private: bool = True, seed: int = 0) -> dict:
+    """The run-level arguments of the generation stage (public seed, privacy, device)."""
+    return {"private": private, "seed": seed, "device": CPU}
 
 
 # ------------------------------------------------------------------ requests
@@ -222,36 +221,35 @@ def test_generate_pool_caches_and_still_accounts(digits, public_folder, tmp_path
     monkeypatch.setattr(PrivateEvolution, "fit_and_sample", counting_fit)
     generator = gen_cfg("pe", pool_per_class=5, pe__public_root=str(public_folder), pe__rounds=2, pe__population=10)
     generator.cache_dir = str(tmp_path / "cache")
-    cfg = run_cfg(generator)
     expected = (SubsampledGaussian("generator", 3.0, 1.0, 2, pe.SENSITIVITY_TEXT),)
 
     first_ledger = PrivacyLedger()
-    first = generate_pool(cfg, digits, 3.0, first_ledger, CPU, progress=False, **dp_inputs)
+    first = generate_pool(generator, digits, 3.0, first_ledger, **stage(), progress=False, **dp_inputs)
     assert len(fits) == 1 and first_ledger.mechanisms == expected and not first.info["cache_hit"]
 
     second_ledger = PrivacyLedger()
-    second = generate_pool(cfg, digits, 3.0, second_ledger, CPU, progress=False, **dp_inputs)
+    second = generate_pool(generator, digits, 3.0, second_ledger, **stage(), progress=False, **dp_inputs)
     assert len(fits) == 1, "a cache hit must not refit"
     assert second.info["cache_hit"] and second_ledger.mechanisms == expected
     torch.testing.assert_close(second.images, first.images)
 
-    generate_pool(cfg, digits, 2.5, PrivacyLedger(), CPU, progress=False, **dp_inputs)  # another multiplier: another key
+    generate_pool(generator, digits, 2.5, PrivacyLedger(), **stage(), progress=False, **dp_inputs)  # another multiplier: another key
     assert len(fits) == 2
-    cfg.generator.cache = False
-    generate_pool(cfg, digits, 3.0, PrivacyLedger(), CPU, progress=False, **dp_inputs)
+    generator.cache = False
+    generate_pool(generator, digits, 3.0, PrivacyLedger(), **stage(), progress=False, **dp_inputs)
     assert len(fits) == 3
 
 
 def test_generate_pool_guards(digits, tmp_path, dp_inputs) -> None:
     ledger = PrivacyLedger()
-    assert generate_pool(run_cfg(gen_cfg("none")), digits, None, ledger, CPU, **dp_inputs) is None and len(ledger) == 0
+    assert generate_pool(gen_cfg("none"), digits, None, ledger, **stage(), **dp_inputs) is None and len(ledger) == 0
     with pytest.raises(ConfigError, match="epsilon=inf"):
-        generate_pool(run_cfg(gen_cfg("real")), digits, None, ledger, CPU, **dp_inputs)
+        generate_pool(gen_cfg("real"), digits, None, ledger, **stage(), **dp_inputs)
     with pytest.raises(ConfigError, match="budget.generator"):
-        generate_pool(run_cfg(gen_cfg("dp_merf")), digits, None, ledger, CPU, **dp_inputs)
+        generate_pool(gen_cfg("dp_merf"), digits, None, ledger, **stage(), **dp_inputs)
     assert len(ledger) == 0
 
-    real = generate_pool(run_cfg(gen_cfg("real"), epsilon=math.inf), digits, None, ledger, CPU, **dp_inputs)
+    real = generate_pool(gen_cfg("real"), digits, None, ledger, **stage(private=False), **dp_inputs)
     assert real.images.shape == digits.train_images.shape and not real.synthetic and len(ledger) == 0
     report = pool_report(real, digits, ModelConfig(width=16), CPU, seed=0, epochs=0)
     assert report["grid"] is None and report["pool_test_acc"] is None  # private images are never logged

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from dpgd.config import DatasetConfig, InitConfig, ModelConfig
-from dpgd.data import load_dataset
+from dpgd.config import InitConfig, ModelConfig
 from dpgd.errors import ConfigError
 from dpgd.generators import Pool
 from dpgd.distilled import DistilledSet, expand_multi_formation, pack_multi_formation

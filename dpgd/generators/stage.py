@@ -13,13 +13,12 @@ trained on it, and an image grid): nothing is selected on it.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
 import torch
 
-from dpgd.config import ModelConfig, TrainConfig
+from dpgd.config import GeneratorConfig, ModelConfig
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
@@ -46,25 +45,26 @@ GRID_PER_CLASS = 10
 
 
 def generate_pool(
-    cfg: TrainConfig,
+    gen_cfg: GeneratorConfig,
     dataset: ImageDataset,
     noise_multiplier: float | None,
     ledger: PrivacyLedger,
-    device: torch.device,
-    progress: bool = True,
     *,
+    private: bool,
+    seed: int,
+    device: torch.device,
     noise: NoiseSource,
     counts: ClassCounts,
+    progress: bool = True,
 ) -> Pool | None:
     """The run's pool (None for ``generator=none``), its mechanisms declared to ``ledger``.
 
     ``noise_multiplier`` is the plan's multiplier for the ``generator`` component, or None
-    in a non-private run (``epsilon=inf``), where DP generators run without noise.
+    in a non-private run (``private`` false: ``epsilon=inf``), where DP generators run
+    without noise. ``seed`` is the public seed (initial weights, latents, the cache key).
     """
-    gen_cfg = cfg.generator
     generator = build_generator(gen_cfg, progress=progress)
     name = gen_cfg.name
-    private = math.isfinite(cfg.epsilon)
     if generator is None:
         if noise_multiplier is not None:
             raise ConfigError("generator=none runs no DP mechanism but was planned a noise multiplier; "
@@ -73,7 +73,7 @@ def generate_pool(
     if generator.non_private_only and private:
         raise ConfigError(
             f"generator={name} uses the private images as the pool; it needs epsilon=inf "
-            f"(got epsilon={cfg.epsilon}). Use a DP generator such as generator=dp_merf."
+            "in this private run. Use a DP generator such as generator=dp_merf."
         )
     need = generator.privacy_request()
     if need is not None and private and noise_multiplier is None:
@@ -91,7 +91,7 @@ def generate_pool(
         # The key holds a keyed hash of the data (never logged: see dpgd.generators.cache) and
         # the noise mode, so a pool made with reproducible noise never serves a secret-noise run.
         cache_dir = resolve_cache_dir(gen_cfg.cache_dir)
-        key = cache_key(gen_cfg, noise_multiplier, cfg.seed,
+        key = cache_key(gen_cfg, noise_multiplier, seed,
                         fingerprint=keyed_fingerprint(dataset, local_secret(cache_dir)), noise_mode=noise.mode)
         path = cache_path(cache_dir, key)
         cached = load_pool(path, key)
@@ -110,7 +110,7 @@ def generate_pool(
         ledger.declare(mechanism)
     log.info("generator %s: fitting (noise multiplier %s)", name, noise_multiplier)
     releases = ReleaseLog(GENERATOR_COMPONENT)
-    pool = generator.fit_and_sample(dataset, noise_multiplier, cfg.seed, device, noise=noise, counts=counts,
+    pool = generator.fit_and_sample(dataset, noise_multiplier, seed, device, noise=noise, counts=counts,
                                     releases=releases)
     releases.check(mechanisms)  # the releases that ran, one by one, against the declared records
     if pool.mechanisms != mechanisms:
