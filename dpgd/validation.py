@@ -51,7 +51,7 @@ def check_config(cfg: TrainConfig) -> None:
     if is_private(cfg) and not 0.0 < counts_share < 1.0:
         raise ConfigError(
             f"budget.counts={counts_share} must lie in (0, 1): a private run releases its class counts "
-            "with noise (the default 0.05 of epsilon)."
+            "with noise (the default 0.1 of epsilon)."
         )
     total = sum(fractions.values())
     if is_private(cfg) and abs(total - 1.0) > 1e-6:
@@ -72,8 +72,33 @@ def check_config(cfg: TrainConfig) -> None:
                 "matcher=dp_feature needs a share of the budget but budget.matcher=0; "
                 "give it a fraction or use matcher=none."
             )
+    check_stage_combinations(cfg)
     check_init(cfg.init, cfg.generator.name)
     resolve_device(cfg.device)
+
+
+def check_stage_combinations(cfg: TrainConfig) -> None:
+    """Cross-group rules a stage would otherwise find only when it starts (after the
+    generator and the expert have run): judged here, before any data is read."""
+    if not is_private(cfg) and cfg.matcher.name == "dp_feature":
+        raise ConfigError("matcher=dp_feature with epsilon=inf has no noise plan; use matcher=dm for a "
+                          "non-private run (or a finite epsilon).")
+    if cfg.expert.name != "none" and cfg.generator.name == "none":
+        raise ConfigError(f"expert={cfg.expert.name} is pre-trained on the generated pool; set a generator "
+                          "(e.g. generator=dp_merf) or expert=none.")
+    if cfg.matcher.name != "none" and cfg.matcher.extractors == "pool_trained":
+        if cfg.generator.name == "none":
+            raise ConfigError("matcher.extractors=pool_trained needs a generated pool; set a generator or use "
+                              "matcher.extractors=random.")
+        m = cfg.matcher
+        if m.num_extractors < 1 or m.extractor_checkpoints < 1 or m.extractor_epochs < m.extractor_checkpoints:
+            raise ConfigError(
+                "matcher.extractors=pool_trained needs num_extractors >= 1, extractor_checkpoints >= 1 and "
+                f"extractor_epochs >= extractor_checkpoints (got {m.num_extractors}, {m.extractor_checkpoints}, "
+                f"{m.extractor_epochs})."
+            )
+    if cfg.matcher.name != "none" and cfg.matcher.extractors not in ("random", "pool_trained"):
+        raise ConfigError(f"matcher.extractors={cfg.matcher.extractors} is unknown; choose random or pool_trained.")
 
 
 def check_counts(cfg: TrainConfig, counts: "ClassCounts", class_names: tuple[str, ...]) -> None:

@@ -106,13 +106,21 @@ def test_impossible_plan_stops_before_reading_data(tmp_path, monkeypatch, compos
     [
         (["budget.matcher=0.9"], "sum to 1"),
         (["epsilon=0"], "epsilon=0"),
-        (["delta=0.01"], "delta"),
         (["matcher=dm"], "epsilon=inf"),
         (["experiment=ndpdc", "expert=dp_sgd", "generator=dp_merf"], "budget.generator=0"),
         (["init=kmeans", "generator=none", "expert=none", "matcher.extractors=random"], "needs a generator"),
+        (["epsilon=inf"], "matcher=dp_feature with epsilon=inf"),
+        (["generator=none", "init=noise", "budget.generator=0", "budget.expert=0.5", "budget.matcher=0.5"],
+         "expert=dp_sgd is pre-trained on the generated pool"),
+        (["generator=none", "init=noise", "expert=none", "budget=ndpdc"], "pool_trained needs a generated pool"),
+        (["matcher.extractor_epochs=2"], "extractor_epochs >= extractor_checkpoints"),
     ],
 )
-def test_bad_settings_are_refused_before_any_stage(tmp_path, compose, overrides, message):
+def test_bad_settings_are_refused_before_any_stage(tmp_path, compose, overrides, message, monkeypatch):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("private data was read before the settings were judged")
+
+    monkeypatch.setattr(train, "load_dataset", must_not_load)
     cfg = compose("logger=none", *overrides)
     with pytest.raises(ConfigError, match=message):
         train.run(cfg, tmp_path)
@@ -133,3 +141,16 @@ def test_dpgeng_ledger_composes_generator_matcher_and_expert(run_with):
     assert stages["generate"]["pool_test_acc"] > 40  # a DP-MERF pool at epsilon 0.5 or so
     assert set(result.diagnostics["timings_s"]) >= {"generate", "init", "expert", "match", "eval"}
     assert result.test_acc_mean > 40
+
+
+def test_delta_is_judged_on_the_released_count_before_any_other_stage(tmp_path, compose, monkeypatch):
+    """delta < 1/N needs N, which is private: it is checked on the noisy count, right after
+    the count release and before the generator runs."""
+    import dpgd.pipeline as pipeline
+
+    def must_not_generate(*args, **kwargs):
+        raise AssertionError("the generator ran before delta was judged")
+
+    monkeypatch.setattr(pipeline, "generate_pool", must_not_generate)
+    with pytest.raises(ConfigError, match="delta=0.01 is not below 1/N"):
+        train.run(compose("logger=none", "delta=0.01"), tmp_path)
