@@ -217,12 +217,12 @@ def run_matching(
     *,
     counts: ClassCounts,
 ) -> tuple[DistilledSet, MatchingStats]:
-    noise_multiplier = None
-    if cfg.matcher.name == "dp_feature":
-        if plan is None:
-            raise ConfigError(
-                "matcher=dp_feature with epsilon=inf has no noise plan; use matcher=dm for a non-private run."
-            )
+    noise_multiplier: float | list[float] | None = None
+    if cfg.matcher.name == "dp_feature" and plan is None:
+        # epsilon=inf: the same mechanism with sigma 0 (Poisson sampling and clipping kept),
+        # the non-private upper bound of this very method (NDPDC's code reports it as sigma=0).
+        noise_multiplier = 0.0
+    elif cfg.matcher.name == "dp_feature":
         # One sigma per iteration, built from the same records the ledger holds.
         noise_multiplier = declare_planned(ledger, plan, "matcher")
         pieces = plan.pieces_for("matcher")

@@ -80,9 +80,6 @@ def check_config(cfg: TrainConfig) -> None:
 def check_stage_combinations(cfg: TrainConfig) -> None:
     """Cross-group rules a stage would otherwise find only when it starts (after the
     generator and the expert have run): judged here, before any data is read."""
-    if not is_private(cfg) and cfg.matcher.name == "dp_feature":
-        raise ConfigError("matcher=dp_feature with epsilon=inf has no noise plan; use matcher=dm for a "
-                          "non-private run (or a finite epsilon).")
     if cfg.expert.name != "none" and cfg.generator.name == "none":
         raise ConfigError(f"expert={cfg.expert.name} is pre-trained on the generated pool; set a generator "
                           "(e.g. generator=dp_merf) or expert=none.")

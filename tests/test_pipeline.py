@@ -109,7 +109,6 @@ def test_impossible_plan_stops_before_reading_data(tmp_path, monkeypatch, compos
         (["matcher=dm"], "epsilon=inf"),
         (["experiment=ndpdc", "expert=dp_sgd", "generator=dp_merf"], "budget.generator=0"),
         (["init=kmeans", "generator=none", "expert=none", "matcher.extractors=random"], "needs a generator"),
-        (["epsilon=inf"], "matcher=dp_feature with epsilon=inf"),
         (["generator=none", "init=noise", "budget.generator=0", "budget.expert=0.5", "budget.matcher=0.5"],
          "expert=dp_sgd is pre-trained on the generated pool"),
         (["generator=none", "init=noise", "expert=none", "budget=ndpdc"], "pool_trained needs a generated pool"),
@@ -154,3 +153,24 @@ def test_delta_is_judged_on_the_released_count_before_any_other_stage(tmp_path, 
     monkeypatch.setattr(pipeline, "generate_pool", must_not_generate)
     with pytest.raises(ConfigError, match="delta=0.01 is not below 1/N"):
         train.run(compose("logger=none", "delta=0.01"), tmp_path)
+
+
+def test_epsilon_inf_runs_the_same_pipeline_without_noise(tmp_path, compose, monkeypatch):
+    """epsilon=inf is the non-private upper bound of the SAME method: every stage runs,
+    matching keeps Poisson sampling and clipping with sigma 0, nothing is recorded."""
+    import dpgd.matching.loop as loop
+
+    sigmas = []
+    real_release = loop.release_noisy_class_sums
+
+    def spy(embeddings, labels, num_classes, clip_norm, noise_multiplier, noise_generator):
+        sigmas.append(noise_multiplier)
+        return real_release(embeddings, labels, num_classes, clip_norm, noise_multiplier, noise_generator)
+
+    monkeypatch.setattr(loop, "release_noisy_class_sums", spy)
+    result = train.run(compose("logger=none", "debug=tiny", "epsilon=inf"), tmp_path)
+    privacy = result.results["privacy"]
+    assert privacy["non_private"] and not privacy["dp"] and privacy["mechanisms"] == []
+    assert math.isinf(privacy["epsilon"]) and not result.results["class_counts"]["noisy"]
+    assert sigmas and set(sigmas) == {0.0}
+    assert result.diagnostics["match"]["iterations"] == len(sigmas)

@@ -97,12 +97,13 @@ class DpTarget:
         self, iteration: int, embeddings: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         sigma = float(self.sigma_at(iteration))
-        if not (sigma > 0):
+        if not (sigma >= 0):
             raise ConfigError(f"noise multiplier {sigma!r} at iteration {iteration}: must be > 0.")
         noisy_sums = release_noisy_class_sums(
             embeddings, labels, self.num_classes, self.clip_norm, sigma, self.noise_generator
         )
-        self.releases.record(sigma)
+        if sigma > 0:  # sigma 0: the non-private run of the same mechanism releases nothing DP
+            self.releases.record(sigma)
         return noisy_sums / self.expected[:, None].clamp(min=1e-12), {"sigma": sigma}
 
 

@@ -8,6 +8,7 @@ uses. Kept apart from the loop so the privacy-relevant code can be read on its o
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterator, Sequence, Union
 
 import torch
@@ -76,7 +77,10 @@ def noise_schedule_fn(noise_multiplier: NoiseSpec, iterations: int) -> Callable[
     if callable(noise_multiplier):
         return noise_multiplier
     if isinstance(noise_multiplier, (int, float)):
-        if noise_multiplier <= 0:
+        # 0 (exactly, constant) is the non-private run of the same mechanism (epsilon=inf:
+        # clipping kept, no noise, nothing recorded); a private plan never produces it, and
+        # the ledger check would catch a release without its declared noise.
+        if noise_multiplier < 0 or not math.isfinite(noise_multiplier):
             raise ConfigError("matcher=dp_feature needs a positive noise multiplier from the budget plan.")
         value = float(noise_multiplier)
         return lambda iteration: value
