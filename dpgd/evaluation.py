@@ -11,11 +11,11 @@ stages that train networks on generated pools.
 from __future__ import annotations
 
 import statistics
+import logging
 import time
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from dpgd.augment import DSA
 from dpgd.config import EvaluationConfig, ModelConfig
@@ -24,6 +24,8 @@ from dpgd.errors import ConfigError
 from dpgd.models import seeded_model
 from dpgd.seeding import derive_seed, stage_generator
 from dpgd.training import test_accuracy, train_classifier
+
+log = logging.getLogger("dpgd")
 
 
 @dataclass
@@ -97,6 +99,6 @@ def evaluate_distilled(
         accuracy = test_accuracy(model, dataset.test_images, dataset.test_labels, eval_cfg.test_batch_size)
         result.accuracies.append(accuracy)
         if progress:
-            tqdm.write(f"evaluation run {run + 1}/{eval_cfg.runs}: test accuracy {accuracy:.2f}%")
+            log.info("evaluation run %d/%d: test accuracy %.2f %%", run + 1, eval_cfg.runs, accuracy)
     result.seconds = time.perf_counter() - started
     return result

@@ -30,7 +30,7 @@ from opacus import GradSampleModule
 from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
+from dpgd.progress import progress_bar
 
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
@@ -139,7 +139,7 @@ def train_expert(
     optimizer.attach_step_hook(
         lambda opt: log_releases.record(opt.noise_multiplier) if opt.noise_multiplier > 0 else None)
     done = 0
-    bar = tqdm(total=steps, desc="expert DP-SGD", disable=not progress, leave=False)
+    bar = progress_bar(total=steps, desc="expert DP-SGD", disable=not progress, leave=False)
     while done < steps:
         for images, labels in loader:
             if done >= steps:

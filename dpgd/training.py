@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from dpgd.progress import progress_bar
 
 from dpgd.augment import DSA
 from dpgd.errors import ConfigError
@@ -79,7 +79,7 @@ def train_classifier(
     labels = labels.detach().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     count = images.shape[0]
-    bar = tqdm(range(epochs), desc=desc or "train", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(range(epochs), desc=desc or "train", disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in bar:
         if lr_drop_at_half and epoch == epochs // 2:
             for group in optimizer.param_groups:

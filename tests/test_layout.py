@@ -84,3 +84,4 @@ def test_no_stage_imports_another_stage():
     crossing = [(module, target) for module, targets in import_graph().items() for target in targets
                 if stage_of(module) and stage_of(target) and stage_of(module) != stage_of(target)]
     assert crossing == []
+

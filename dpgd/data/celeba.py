@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from torchvision.datasets import CelebA
-from tqdm import tqdm
+from dpgd.progress import progress_bar
 
 from dpgd.data.bundle import ImageDataset
 from dpgd.data.tensors import neutral_stats, normalised_dataset, pil_to_uint8, uint8_to_unit
@@ -46,7 +46,7 @@ def _open(root: Path, split: str) -> CelebA:
 def _decode(ds: CelebA, size: int, desc: str) -> torch.Tensor:
     """One pass through torchvision's dataset, faces centre-cropped and resized to ``size``."""
     out = torch.empty((len(ds), 3, size, size), dtype=torch.uint8)
-    for i in tqdm(range(len(ds)), desc=desc, unit="img", mininterval=1.0):
+    for i in progress_bar(range(len(ds)), desc=desc, unit="img", mininterval=1.0):
         img, _ = ds[i]
         with img:
             out[i] = pil_to_uint8(img, "RGB", size)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
-from tqdm import tqdm
+from dpgd.progress import progress_bar
 
 from dpgd.data.bundle import ImageDataset
 from dpgd.data.tensors import neutral_stats, normalised_dataset, pil_to_uint8, uint8_to_unit
@@ -53,7 +53,7 @@ def _check_shape(image_size: int | None, channels: int) -> None:
 
 def _decode(samples: list[tuple[str, int]], mode: str, size: int, desc: str) -> torch.Tensor:
     images = []
-    for path, _ in tqdm(samples, desc=desc, unit="img", mininterval=1.0, disable=len(samples) < 20_000):
+    for path, _ in progress_bar(samples, desc=desc, unit="img", mininterval=1.0, disable=len(samples) < 20_000):
         with Image.open(path) as img:
             images.append(pil_to_uint8(img, mode, size))
     return torch.stack(images)

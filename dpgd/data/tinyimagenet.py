@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from tqdm import tqdm
+from dpgd.progress import progress_bar
 
 from dpgd.data.bundle import ImageDataset
 from dpgd.data.tensors import normalised_dataset, pil_to_uint8, uint8_to_unit
@@ -50,7 +50,7 @@ def _class_names(base: Path, wnids: list[str]) -> tuple[str, ...]:
 def _decode(paths: list[Path], size: int, desc: str) -> torch.Tensor:
     """Decode JPEGs (a few are greyscale; converted to RGB) into one uint8 tensor."""
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", mininterval=1.0)):
+    for i, path in enumerate(progress_bar(paths, desc=desc, unit="img", mininterval=1.0)):
         with Image.open(path) as img:
             out[i] = pil_to_uint8(img, "RGB", size)
     return out

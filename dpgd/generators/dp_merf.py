@@ -34,7 +34,7 @@ import math
 import time
 
 import torch
-from tqdm.auto import tqdm
+from dpgd.progress import progress_bar
 
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
@@ -152,7 +152,7 @@ class DpMerf(PoolGenerator):
         latent = stage_generator(seed, "generator", "dp_merf", "latent")
         per_class = opts.batch_per_class
         labels = torch.arange(num_classes, device=device).repeat_interleave(per_class)
-        bar = tqdm(range(opts.steps), desc="dp_merf fit", disable=not self.progress, leave=False,
+        bar = progress_bar(range(opts.steps), desc="dp_merf fit", disable=not self.progress, leave=False,
                    dynamic_ncols=True)
         loss_value = float("nan")
         for step in bar:

@@ -27,7 +27,7 @@ import torch
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
-from tqdm.auto import tqdm
+from dpgd.progress import progress_bar
 
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
@@ -129,7 +129,7 @@ class DpSgdVae(PoolGenerator):
         sampling = noise.generator("generator", "dp_sgd", "sampling")  # secret Poisson masks
         latent = stage_generator(seed, "generator", "dp_sgd", "latent")
         model.train()
-        bar = tqdm(range(need.steps), desc="dp_sgd fit", disable=not self.progress, leave=False, dynamic_ncols=True)
+        bar = progress_bar(range(need.steps), desc="dp_sgd fit", disable=not self.progress, leave=False, dynamic_ncols=True)
         empty_batches = 0
         for step in bar:
             # Poisson sampling: each record joins independently (the accountant's assumption).

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 
 import torch
-from tqdm.auto import tqdm
+from dpgd.progress import progress_bar
 
 from dpgd.config import ModelConfig
 from dpgd.counts import ClassCounts
@@ -146,7 +146,7 @@ class PrivateEvolution(PoolGenerator):
         select_gen = stage_generator(seed, "generator", "pe", "select")
         vary_gen = stage_generator(seed, "generator", "pe", "variation")
         rounds_info = []
-        bar = tqdm(range(need.steps), desc="pe rounds", disable=not self.progress, leave=False, dynamic_ncols=True)
+        bar = progress_bar(range(need.steps), desc="pe rounds", disable=not self.progress, leave=False, dynamic_ncols=True)
         for round_index in bar:
             # --- one Gaussian release over all classes --------------------------------
             clean = torch.cat([vote_histogram(private[c], embed(candidates[c])).cpu() for c in range(num_classes)])

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+from dpgd.progress import progress_bar
 
 from dpgd.config import ModelConfig
 from dpgd.data import ImageDataset
@@ -82,7 +82,7 @@ class PoolTrainedExtractors:
             )
         self.generator = generator
         self.networks: list[nn.Module] = []
-        bar = tqdm(total=num_extractors * epochs, desc="extractors (pool)", disable=not progress, leave=False)
+        bar = progress_bar(total=num_extractors * epochs, desc="extractors (pool)", disable=not progress, leave=False)
         for k in range(num_extractors):
             net = seeded_model(model_cfg, dataset.channels, dataset.num_classes, dataset.image_size,
                                derive_seed(seed, "extractors", k, "init"))

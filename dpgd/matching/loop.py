@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
-from tqdm.auto import tqdm
+from dpgd.progress import progress_bar
 
 from dpgd.augment import DSA
 from dpgd.config import MatcherConfig
@@ -187,7 +187,7 @@ def match(
     start = time.perf_counter()
     real_seen = 0
     loss_value = float("nan")
-    bar = tqdm(range(matcher_cfg.iterations), desc=f"match ({name})", disable=not progress, leave=False)
+    bar = progress_bar(range(matcher_cfg.iterations), desc=f"match ({name})", disable=not progress, leave=False)
     for iteration in bar:
         net = extractors(iteration)
         index = target.next_batch().to(device)

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from dpgd.progress import progress_bar
 
 from dpgd.augment import DSA
 from dpgd.config import TrainConfig, plain
@@ -256,7 +256,7 @@ def collect_shadows(
     todo = [run for run in range(membership.shape[0]) if run not in done]
     if done:
         log.info("mia: %d of %d runs loaded from %s", len(done), membership.shape[0], cache_dir)
-    bar = tqdm(total=membership.shape[0], initial=len(done), desc="mia shadow runs", disable=not progress,
+    bar = progress_bar(total=membership.shape[0], initial=len(done), desc="mia shadow runs", disable=not progress,
                leave=False, dynamic_ncols=True)
 
     def finish(output: ShadowOutput) -> None:
