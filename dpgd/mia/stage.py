@@ -102,7 +102,7 @@ def run_attack(
     tracker: Tracker,
     progress: bool = True,
 ) -> Optional[dict[str, Any]]:
-    """Run ``cfg.mia`` against ``cfg``'s pipeline; the ``results.json["mia"]`` object (None for none).
+    """Run ``cfg.mia`` against ``cfg``'s pipeline; the attack's results for ``private/mia.json`` (None for none).
 
     Writes ``mia_roc.png`` (and the resumable runs under ``mia_shadows/``) into
     ``output_dir`` and logs metrics under ``mia/``, the ROC table ``mia/roc`` and the plot
