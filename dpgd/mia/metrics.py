@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-# FPR levels reported in results.json, as (key suffix, level).
+# FPR levels reported in private/mia.json, as (key suffix, level).
 LOW_FPR_LEVELS = (("0.1pct", 0.001), ("1pct", 0.01))
-# Points kept in results.json and the tracker table per curve.
+# Points kept in private/mia.json and the tracker table per curve.
 MAX_ROC_POINTS = 200
 
 
@@ -31,7 +31,7 @@ class RocMetrics:
     negatives: int
 
     def to_dict(self, max_points: int = MAX_ROC_POINTS) -> dict[str, object]:
-        """The ``results.json`` form: scalar metrics plus a downsampled curve."""
+        """The ``private/mia.json`` form: scalar metrics plus a downsampled curve."""
         fpr, tpr = downsample_roc(self.fpr, self.tpr, max_points)
         out: dict[str, object] = {"auc": self.auc}
         for suffix, level in LOW_FPR_LEVELS:
