@@ -30,7 +30,6 @@ from opacus import GradSampleModule
 from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from torch.utils.data import TensorDataset
-from dpgd.progress import progress_bar
 
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
@@ -39,6 +38,7 @@ from dpgd.models import seeded_model
 from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 from dpgd.privacy.randomness import NoiseSource
 from dpgd.privacy.schedules import relative_pieces
+from dpgd.progress import progress_bar
 from dpgd.seeding import derive_seed, stage_generator
 from dpgd.training import POOL_RECIPE, test_accuracy, train_on_pool
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from dpgd.progress import progress_bar
 
 from dpgd.augment import DSA
 from dpgd.errors import ConfigError
+from dpgd.progress import progress_bar
 
 
 @dataclass(frozen=True)

@@ -505,3 +505,191 @@ def test_imagefolder_root_is_expanded(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     write_folder(tmp_path / "imgs")
     assert load_dataset(cfg("imagefolder", root="~/imgs", image_size=8)).num_train == 6
+
+
+# --- imagefolder: hostile folders ---------------------------------------------------------
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    """The error's message, checked to be one line (the CLI prints it as `dpgd: error: ...`)."""
+    message = str(exc.value)
+    assert "\n" not in message and "\r" not in message
+    return message
+
+
+def test_imagefolder_truncated_jpeg_is_named(tmp_path):
+    from PIL import ImageFile
+
+    write_folder(tmp_path)
+    bad = tmp_path / "train" / "b" / "photo.jpg"
+    Image.radial_gradient("L").convert("RGB").save(bad, quality=95)
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError) as exc:
+        load_dataset(folder(tmp_path))
+    message = one_line(exc)
+    assert str(bad) in message and "truncated" in message and "remove or fix that file" in message
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # never patched up, globally or otherwise
+
+
+def test_imagefolder_not_an_image_with_an_image_extension_is_named(tmp_path):
+    write_folder(tmp_path)
+    bad = tmp_path / "test" / "a" / "bad.png"
+    bad.write_text("this is not a PNG")
+    with pytest.raises(ConfigError) as exc:
+        load_dataset(folder(tmp_path))
+    message = one_line(exc)
+    assert str(bad) in message and "not an image" in message and "remove or fix" in message
+    # A newline in the file name stays escaped: the error is still one line.
+    bad.unlink()
+    odd = tmp_path / "train" / "a" / "odd\nname.png"
+    odd.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(ConfigError) as exc:
+        load_dataset(folder(tmp_path))
+    assert "odd\\nname.png" in one_line(exc)
+
+
+def test_imagefolder_alpha_and_palette_are_composited_on_black(tmp_path):
+    write_folder(tmp_path)
+    a = tmp_path / "train" / "a"
+    # Left half opaque red, right half fully transparent green: the green must not show.
+    rgba = Image.new("RGBA", (8, 8), (0, 255, 0, 0))
+    rgba.paste((200, 0, 0, 255), (0, 0, 4, 8))
+    rgba.save(a / "x1_rgba.png")
+    # Half-transparent grey (LA): 200 at alpha 128 -> 200 * 128 / 255 on black.
+    Image.new("LA", (8, 8), (200, 128)).save(a / "x2_la.png")
+    # Palette with a transparent index: index 1 (blue) is transparent, index 0 is white.
+    pal = Image.new("P", (8, 8), 0)
+    pal.putpalette([255, 255, 255, 0, 0, 255] + [0] * 762)
+    pal.paste(1, (0, 0, 8, 4))
+    pal.save(a / "x3_p.png", transparency=1)
+    ds = load_dataset(folder(tmp_path))
+    assert_normalised_shape(ds, 9, 4, (3, 8, 8))
+    img = lambda i: (ds.denormalise(ds.train_images[i : i + 1])[0] * 255).round()  # noqa: E731
+    assert img(3)[:, :, :4].tolist() == torch.tensor([200.0, 0, 0]).view(3, 1, 1).expand(3, 8, 4).tolist()
+    assert img(3)[:, :, 4:].abs().max() == 0  # transparent -> black, hidden colour ignored
+    assert torch.allclose(img(4), torch.full((3, 8, 8), 100.0), atol=1)
+    assert img(5)[:, :4].abs().max() == 0 and img(5)[:, 4:].min() == 255
+    # The same files in greyscale: same shape rule, same compositing, deterministic.
+    grey = load_dataset(folder(tmp_path, channels=1))
+    assert_normalised_shape(grey, 9, 4, (1, 8, 8))
+    assert torch.equal(grey.train_images, load_dataset(folder(tmp_path, channels=1)).train_images)
+    g = (grey.denormalise(grey.train_images[5:6])[0] * 255).round()
+    assert g[:, :4].abs().max() == 0 and g[:, 4:].min() == 255
+
+
+def test_imagefolder_16bit_is_scaled_not_clipped(tmp_path):
+    write_folder(tmp_path)
+    values = np.array([0, 255, 256, 4096, 40000, 65535], dtype=np.uint16)
+    # One value per row (the last repeated), constant along each row: an 8x8 16-bit image.
+    wide = Image.fromarray(np.repeat(values[[0, 1, 2, 3, 4, 5, 5, 5], None], 8, axis=1))
+    assert wide.mode == "I;16"
+    wide.save(tmp_path / "train" / "a" / "x_16bit.png")
+    assert Image.open(tmp_path / "train" / "a" / "x_16bit.png").mode == "I;16"
+    grey = load_dataset(folder(tmp_path, channels=1))
+    assert_normalised_shape(grey, 7, 4, (1, 8, 8))
+    rows = (grey.denormalise(grey.train_images[3:4])[0, 0] * 255).round()[:, 0]
+    # >> 8: 65535 -> 255 and 40000 -> 156, where PIL's convert("L") would clip both to 255.
+    assert rows.tolist() == [0, 0, 1, 16, 156, 255, 255, 255]
+    rgb = load_dataset(folder(tmp_path, channels=3))
+    assert torch.equal(rgb.train_images[3], grey.train_images[3].expand(3, 8, 8))
+
+
+def test_imagefolder_mixed_sizes_are_resized(tmp_path):
+    from dpgd.data.tensors import fit_square
+
+    write_folder(tmp_path)
+    a = tmp_path / "train" / "a"
+    for name, size in (("x1.png", (50, 21)), ("x2.png", (3, 100)), ("x3.png", (1, 1)), ("x4.png", (8, 9))):
+        solid(a / name, (10, 200, 30), size=size)
+    gradient = Image.linear_gradient("L").resize((40, 24))
+    gradient.save(a / "x5.png")
+    ds = load_dataset(folder(tmp_path))
+    assert_normalised_shape(ds, 11, 4, (3, 8, 8))
+    for i in range(3, 7):
+        assert torch.allclose(pixel(ds, "train", i), torch.tensor([10.0, 200, 30]), atol=1e-3)
+    expected = torch.tensor(np.asarray(fit_square(gradient, 8)), dtype=torch.float32)
+    assert torch.equal((ds.denormalise(ds.train_images[7:8])[0, 0] * 255).round(), expected)
+
+
+def test_imagefolder_non_image_files_are_ignored(tmp_path):
+    write_folder(tmp_path)
+    clean = load_dataset(folder(tmp_path))
+    (tmp_path / "train" / "a" / "notes.txt").write_text("labelling notes")
+    (tmp_path / "train" / "b" / "Thumbs.db").write_bytes(b"\x00\x01")
+    (tmp_path / "test" / "a" / "README").write_text("no extension")
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "a" / "anim.gif")  # not in IMG_EXTENSIONS
+    (tmp_path / "train" / "stray.png").write_text("not in a class folder")
+    ds = load_dataset(folder(tmp_path))
+    assert ds.class_names == clean.class_names and ds.num_train == clean.num_train
+    assert dataset_fingerprint(ds) == dataset_fingerprint(clean)
+    # Extensions are matched in any case: PHOTO.PNG is read.
+    solid(tmp_path / "train" / "a" / "PHOTO.PNG", (0, 0, 0), size=(8, 8))
+    assert load_dataset(folder(tmp_path)).num_train == clean.num_train + 1
+
+
+def test_imagefolder_hidden_files_and_folders_are_ignored(tmp_path):
+    write_folder(tmp_path)
+    clean = load_dataset(folder(tmp_path))
+    for split in ("train", "test"):
+        # Jupyter's checkpoint folder holds valid images but is not a class.
+        solid(tmp_path / split / ".ipynb_checkpoints" / "0.png", (1, 2, 3), size=(8, 8))
+        # macOS junk: ._ files carry an image extension but are not images.
+        (tmp_path / split / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+        (tmp_path / split / "a" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    solid(tmp_path / "train" / "b" / ".thumbs" / "0.png", (9, 9, 9), size=(8, 8))  # hidden subfolder
+    solid(tmp_path / "train" / "b" / ".hidden.png", (9, 9, 9), size=(8, 8))
+    ds = load_dataset(folder(tmp_path))
+    assert ds.class_names == ("a", "b") and ds.num_train == clean.num_train
+    assert dataset_fingerprint(ds) == dataset_fingerprint(clean)
+    assert torch.equal(ds.test_images, clean.test_images)
+    # Only hidden classes: no class at all, said in one line.
+    hidden_only = tmp_path / "hidden_only"
+    solid(hidden_only / "train" / ".cache" / "0.png", (0, 0, 0), size=(8, 8))
+    solid(hidden_only / "test" / ".cache" / "0.png", (0, 0, 0), size=(8, 8))
+    with pytest.raises(DataNotFoundError) as exc:
+        load_dataset(folder(hidden_only))
+    assert "no class folder" in one_line(exc) and str(hidden_only / "train") in str(exc.value)
+
+
+def test_imagefolder_empty_class_folder_is_named(tmp_path):
+    write_folder(tmp_path)
+    (tmp_path / "train" / "c").mkdir()
+    (tmp_path / "test" / "c").mkdir()
+    solid(tmp_path / "test" / "c" / "0.png", (0, 0, 0), size=(8, 8))
+    with pytest.raises(DataNotFoundError) as exc:
+        load_dataset(folder(tmp_path))
+    message = one_line(exc)
+    assert f"Class folder with no image: {tmp_path / 'train' / 'c'}/" in message
+    assert "Add images, or delete the class from both train/ and test/" in message
+    # Only hidden or non-image files still counts as empty; several folders are all named.
+    (tmp_path / "train" / "c" / "notes.txt").write_text("todo")
+    (tmp_path / "train" / "c" / ".DS_Store").write_bytes(b"\x00")
+    (tmp_path / "train" / "d").mkdir()
+    (tmp_path / "test" / "d").mkdir()
+    with pytest.raises(DataNotFoundError) as exc:
+        load_dataset(folder(tmp_path))
+    message = one_line(exc)
+    assert f"Class folders with no image: {tmp_path / 'train' / 'c'}/, {tmp_path / 'train' / 'd'}/ " in message
+
+
+def test_imagefolder_unicode_and_spaces_in_class_names(tmp_path):
+    classes = ("vélo", "chat noir", "Zèbre 🦓")
+    write_folder(tmp_path, classes=classes)
+    ds = load_dataset(folder(tmp_path))
+    # Kept exactly as on disk, sorted by code point as ImageFolder does.
+    assert ds.class_names == ("Zèbre 🦓", "chat noir", "vélo") == tuple(sorted(classes))
+    assert ds.class_counts().tolist() == [3, 3, 3] and ds.test_labels.tolist() == [0, 0, 1, 1, 2, 2]
+    # Labels follow the names: "vélo" was written with colour index 0 (red 50).
+    assert torch.allclose(pixel(ds, "train", 6), torch.tensor([50.0, 20, 20]), atol=1e-3)
+
+
+def test_imagefolder_test_split_missing_a_class(tmp_path):
+    write_folder(tmp_path, classes=("a", "b", "c"))
+    for f in (tmp_path / "test" / "c").iterdir():
+        f.unlink()
+    (tmp_path / "test" / "c").rmdir()
+    solid(tmp_path / "test" / "d" / "0.png", (0, 0, 0), size=(8, 8))
+    with pytest.raises(ConfigError) as exc:
+        load_dataset(folder(tmp_path))
+    assert one_line(exc).endswith("only in train: ['c']; only in test: ['d'].")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 from torchvision.datasets import CelebA
-from dpgd.progress import progress_bar
 
 from dpgd.data.bundle import ImageDataset
 from dpgd.data.tensors import neutral_stats, normalised_dataset, pil_to_uint8, uint8_to_unit
 from dpgd.errors import ConfigError, DataNotFoundError
+from dpgd.progress import progress_bar
 
 URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 # With image_size null CelebA is brought to 32x32 (the size of the DP distillation

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from dpgd.progress import progress_bar
 
 from dpgd.data.bundle import ImageDataset
 from dpgd.data.tensors import normalised_dataset, pil_to_uint8, uint8_to_unit
 from dpgd.errors import DataNotFoundError
+from dpgd.progress import progress_bar
 
 FOLDER = "tiny-imagenet-200"
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"

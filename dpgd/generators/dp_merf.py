@@ -34,7 +34,6 @@ import math
 import time
 
 import torch
-from dpgd.progress import progress_bar
 
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
@@ -44,6 +43,7 @@ from dpgd.generators.networks import ConditionalDecoder
 from dpgd.models import seeded_cpu_rng
 from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 from dpgd.privacy.randomness import NoiseSource
+from dpgd.progress import progress_bar
 from dpgd.seeding import derive_seed, stage_generator
 
 SENSITIVITY = 1.0

@@ -27,7 +27,6 @@ import torch
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
-from dpgd.progress import progress_bar
 
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
@@ -38,6 +37,7 @@ from dpgd.generators.networks import ConditionalDecoder, ConditionalEncoder
 from dpgd.models import seeded_cpu_rng
 from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 from dpgd.privacy.randomness import NoiseSource
+from dpgd.progress import progress_bar
 from dpgd.seeding import derive_seed, stage_generator
 
 SENSITIVITY_TEXT = "L2 clip C of each record's per-sample gradient (DP-SGD): one record moves the clipped sum by <= C"

@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 
 import torch
-from dpgd.progress import progress_bar
 
 from dpgd.config import ModelConfig
 from dpgd.counts import ClassCounts
@@ -36,6 +35,7 @@ from dpgd.generators.pe_sources import CandidateSource, build_source
 from dpgd.models import seeded_model
 from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 from dpgd.privacy.randomness import NoiseSource
+from dpgd.progress import progress_bar
 from dpgd.seeding import derive_seed, stage_generator
 
 SENSITIVITY = 1.0

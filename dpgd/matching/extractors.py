@@ -12,12 +12,12 @@ from typing import Protocol
 
 import torch
 import torch.nn as nn
-from dpgd.progress import progress_bar
 
 from dpgd.config import ModelConfig
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.models import seeded_model
+from dpgd.progress import progress_bar
 from dpgd.seeding import derive_seed, stage_generator
 from dpgd.training import POOL_RECIPE, train_on_pool
 

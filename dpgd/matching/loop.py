@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
-from dpgd.progress import progress_bar
 
 from dpgd.augment import DSA
 from dpgd.config import MatcherConfig
@@ -32,6 +31,7 @@ from dpgd.matching.release import (
     release_noisy_class_sums,
 )
 from dpgd.privacy.components import ReleaseLog
+from dpgd.progress import progress_bar
 
 
 @dataclass

@@ -30,13 +30,13 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from dpgd.progress import progress_bar
 
 from dpgd.augment import DSA
 from dpgd.config import TrainConfig, plain
 from dpgd.data import ImageDataset, dataset_fingerprint
 from dpgd.mia.lira import logit_scaled_confidence
 from dpgd.models import seeded_model
+from dpgd.progress import progress_bar
 from dpgd.seeding import derive_seed, stage_generator
 from dpgd.storage import atomic_torch_save
 from dpgd.training import test_accuracy, train_classifier
