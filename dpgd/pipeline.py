@@ -49,11 +49,16 @@ class StageTimer:
     def stage(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         log.info("stage %s ...", name)
+        outcome = "failed"
         try:
             yield
+            outcome = "done"
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise
         finally:
             self.seconds[name] = round(time.perf_counter() - start, 3)
-            log.info("stage %s done in %.1f s", name, self.seconds[name])
+            log.info("stage %s %s after %.1f s", name, outcome, self.seconds[name])
 
 
 def planned_multiplier(plan: NoisePlan | None, component: str) -> float | None:
