@@ -14,6 +14,7 @@ import torch
 from dpgd.config import TrainConfig
 from dpgd.errors import ConfigError
 from dpgd.initialisation import check_init
+from dpgd.privacy.schedules import relative_pieces
 
 if TYPE_CHECKING:
     from dpgd.counts import ClassCounts
@@ -94,6 +95,12 @@ def check_stage_combinations(cfg: TrainConfig) -> None:
                 f"extractor_epochs >= extractor_checkpoints (got {m.num_extractors}, {m.extractor_checkpoints}, "
                 f"{m.extractor_epochs})."
             )
+    # Noise schedules are judged even when no noise runs (epsilon=inf), so a typo never waits
+    # for the first private run to show up.
+    if cfg.expert.name != "none":
+        relative_pieces(cfg.expert.noise_schedule, cfg.expert.steps)
+    if cfg.matcher.name == "dp_feature":
+        relative_pieces(cfg.matcher.noise_schedule, cfg.matcher.iterations)
     if cfg.matcher.name != "none" and cfg.matcher.extractors not in ("random", "pool_trained"):
         raise ConfigError(f"matcher.extractors={cfg.matcher.extractors} is unknown; choose random or pool_trained.")
 

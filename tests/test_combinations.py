@@ -1,0 +1,65 @@
+"""Every combination of the method's groups x {finite, inf} epsilon is judged before data.
+
+For each combination, the static checks and the privacy plan (everything ``train.run`` does
+before ``load_dataset``) either accept it or refuse it with a one-line user error, within
+seconds. A sample of the accepted ones is run end to end at tiny sizes in the other tests
+(test_pipeline, test_release_privacy); this one guards that no combination reaches a stage
+only to be refused there.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+
+from dpgd.budget import plan_run
+from dpgd.config import typed
+from dpgd.errors import DpgdError
+from dpgd.mia.stage import check_mia_settings
+from dpgd.validation import check_config
+
+GROUPS = {
+    "generator": ("dp_merf", "dp_sgd", "pe", "none", "real"),
+    "init": ("kmeans", "random_pool", "noise", "real"),
+    "matcher": ("dp_feature", "dm", "none"),
+    "expert": ("dp_sgd", "none"),
+}
+
+
+def judge(compose, overrides: list[str]) -> str | None:
+    """None when accepted, else the refusal's message."""
+    cfg = typed(compose("logger=none", *overrides))
+    try:
+        check_config(cfg)
+        check_mia_settings(cfg)
+        plan_run(cfg)
+    except DpgdError as err:
+        return str(err)
+    return None
+
+
+@pytest.mark.slow
+def test_every_combination_is_judged_before_data(compose):
+    accepted, refused = 0, 0
+    for epsilon in ("1", "inf"):
+        for values in itertools.product(*GROUPS.values()):
+            overrides = [f"{group}={value}" for group, value in zip(GROUPS, values)] + [f"epsilon={epsilon}"]
+            started = time.perf_counter()
+            message = judge(compose, overrides)
+            assert time.perf_counter() - started < 10, overrides
+            if message is None:
+                accepted += 1
+            else:
+                refused += 1
+                assert "\n" not in message and message.strip(), (overrides, message)
+    assert accepted > 20 and refused > 20  # both kinds occur: the judge is not trivially one-sided
+
+
+def test_known_combinations(compose):
+    assert judge(compose, ["epsilon=inf"]) is None  # DP-GenG's own non-private upper bound
+    assert "epsilon=inf" in judge(compose, ["init=real"])
+    assert "needs a generated pool" in judge(compose, ["generator=none", "init=noise", "expert=none",
+                                                        "budget=ndpdc"])
+    assert "noise_schedule.kind" in judge(compose, ["epsilon=inf", "matcher.noise_schedule.kind=cosine"])
