@@ -103,3 +103,10 @@ def test_bad_input_gives_a_short_message_and_no_traceback(tmp_path, args, expect
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     # Nothing ran: no results were written.
     assert not list(tmp_path.rglob("results.json"))
+
+
+def test_help_names_the_command_and_hides_internal_groups(tmp_path):
+    proc = run_cli(["--help"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("dpgd is powered by Hydra")
+    assert "schema/" not in proc.stdout and "experiment: dm, dpgeng" in proc.stdout
