@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import torch
 
-from dpgd.privacy import SubsampledGaussian
 from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 
 COMPONENT = "counts"
@@ -60,12 +59,6 @@ class ClassCounts:
 def privacy_request() -> PrivacyNeed:
     """The count release: one Gaussian release of the whole histogram."""
     return PrivacyNeed(COMPONENT, 1.0, 1, SENSITIVITY_TEXT)
-
-
-def mechanism(noise_multiplier: float) -> SubsampledGaussian:
-    """The ledger record of the count release."""
-    [record] = privacy_request().mechanisms(noise_multiplier)
-    return record
 
 
 def release_class_counts(

@@ -36,7 +36,7 @@ from dpgd.privacy import NoisePlan, PrivacyLedger, ReleaseLog, SubsampledGaussia
 from dpgd.privacy.randomness import NoiseSource
 from dpgd.seeding import stage_generator
 from dpgd.tracking import Tracker
-from dpgd.validation import check_counts, is_private
+from dpgd.validation import check_counts, check_stage_combinations, is_private
 
 log = logging.getLogger("dpgd")
 
@@ -142,6 +142,7 @@ def distill(
     timer = timer or StageTimer()
     noise = noise if noise is not None else run_noise(cfg)
     ctx = RunContext(device=device, seed=cfg.seed, progress=progress, tracker=tracker, noise=noise)
+    check_stage_combinations(cfg)  # train.run judged it already; shadow runs and library callers too
     check_init(cfg.init, cfg.generator.name, dataset.image_size)
     with timer.stage("counts"):
         counts = release_counts(cfg, dataset, plan, ledger, noise)
@@ -169,8 +170,7 @@ def distill(
 
     alignment = None
     if cfg.expert.name != "none":
-        if pool is None:
-            raise ConfigError("expert=dp_sgd is pre-trained on the generated pool; set a generator (e.g. generator=dp_merf) or expert=none.")
+        assert pool is not None  # check_stage_combinations: an expert needs a generator
         with timer.stage("expert"):
             alignment = build_alignment(cfg, dataset, pool, plan, ledger, ctx, counts=counts, metrics=metrics)
 
@@ -236,18 +236,15 @@ def run_matching(
                  cfg.matcher.sample_rate)
     pick = stage_generator(ctx.seed, "match", "extractors")
     if cfg.matcher.extractors == "pool_trained":
-        if pool is None:
-            raise ConfigError("matcher.extractors=pool_trained needs a generated pool; set a generator or use extractors=random.")
+        assert pool is not None  # check_stage_combinations: pool-trained extractors need a generator
         extractors: ExtractorSource = PoolTrainedExtractors(
             cfg.model, pool.images, pool.labels, dataset, num_extractors=cfg.matcher.num_extractors,
             epochs=cfg.matcher.extractor_epochs, checkpoints=cfg.matcher.extractor_checkpoints, seed=ctx.seed,
             generator=pick, device=ctx.device, progress=ctx.progress,
         )
-    elif cfg.matcher.extractors == "random":
+    else:  # random (check_stage_combinations refuses any other name)
         extractors = RandomExtractors(cfg.model, dataset.channels, dataset.num_classes, dataset.image_size, pick,
                                       ctx.device)
-    else:
-        raise ConfigError(f"matcher.extractors={cfg.matcher.extractors} is unknown; choose random or pool_trained.")
     log_every = max(1, cfg.matcher.iterations // 100)
 
     def on_iteration(iteration: int, values: dict[str, float]) -> None:

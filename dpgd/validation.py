@@ -14,6 +14,7 @@ import torch
 from dpgd.config import TrainConfig
 from dpgd.errors import ConfigError
 from dpgd.initialisation import check_init
+from dpgd.matching.extractors import check_extractor_settings
 from dpgd.privacy.schedules import relative_pieces
 
 if TYPE_CHECKING:
@@ -89,12 +90,7 @@ def check_stage_combinations(cfg: TrainConfig) -> None:
             raise ConfigError("matcher.extractors=pool_trained needs a generated pool; set a generator or use "
                               "matcher.extractors=random.")
         m = cfg.matcher
-        if m.num_extractors < 1 or m.extractor_checkpoints < 1 or m.extractor_epochs < m.extractor_checkpoints:
-            raise ConfigError(
-                "matcher.extractors=pool_trained needs num_extractors >= 1, extractor_checkpoints >= 1 and "
-                f"extractor_epochs >= extractor_checkpoints (got {m.num_extractors}, {m.extractor_checkpoints}, "
-                f"{m.extractor_epochs})."
-            )
+        check_extractor_settings(m.num_extractors, m.extractor_checkpoints, m.extractor_epochs)
     # Noise schedules are judged even when no noise runs (epsilon=inf), so a typo never waits
     # for the first private run to show up.
     if cfg.expert.name != "none":

@@ -159,7 +159,7 @@ def test_count_release_is_gaussian_with_sensitivity_one():
     draws = torch.stack([class_counts.release_class_counts(labels, 4, 10.0, generator).values for _ in range(2000)])
     assert torch.allclose(draws.mean(0), torch.tensor([50.0, 80.0, 120.0, 200.0]), atol=1.0)
     assert torch.allclose(draws.std(0), torch.full((4,), 10.0), rtol=0.06)
-    record = class_counts.mechanism(10.0)
+    [record] = class_counts.privacy_request().mechanisms(10.0)
     assert (record.component, record.sample_rate, record.steps) == ("counts", 1.0, 1)
     exact = class_counts.release_class_counts(labels, 4, None, generator)
     assert not exact.noisy and exact.values.tolist() == [50.0, 80.0, 120.0, 200.0]

@@ -32,6 +32,15 @@ class ExtractorSource(Protocol):
     def __call__(self, iteration: int) -> nn.Module: ...
 
 
+def check_extractor_settings(num_extractors: int, checkpoints: int, epochs: int) -> None:
+    """The pool-trained extractors' sizes (judged before any data is read, and again here)."""
+    if num_extractors < 1 or checkpoints < 1 or epochs < checkpoints:
+        raise ConfigError(
+            "matcher.extractors=pool_trained needs num_extractors >= 1, extractor_checkpoints >= 1 and "
+            f"extractor_epochs >= extractor_checkpoints (got {num_extractors}, {checkpoints}, {epochs})."
+        )
+
+
 @dataclass
 class RandomExtractors:
     """A fresh randomly initialised network every iteration (NDPDC, DM)."""
@@ -75,11 +84,7 @@ class PoolTrainedExtractors:
         device: torch.device,
         progress: bool = True,
     ) -> None:
-        if num_extractors < 1 or checkpoints < 1 or epochs < checkpoints:
-            raise ConfigError(
-                "matcher.extractors=pool_trained needs num_extractors >= 1, extractor_checkpoints >= 1 and "
-                f"extractor_epochs >= extractor_checkpoints (got {num_extractors}, {checkpoints}, {epochs})."
-            )
+        check_extractor_settings(num_extractors, checkpoints, epochs)
         self.generator = generator
         self.networks: list[nn.Module] = []
         bar = progress_bar(total=num_extractors * epochs, desc="extractors (pool)", disable=not progress, leave=False)
