@@ -367,6 +367,15 @@ class TrainConfig:
     # randomness). true derives them from the public seed, for tests and debugging: anyone
     # with the seed can then regenerate the noise, so the run is marked NOT DP.
     reproducible_noise: bool = False
+    # Save every finished stage's output (and matching's state every checkpoint_every
+    # iterations) under private/checkpoints/, so that rerunning the same command into the
+    # same folder (hydra.run.dir=...) continues an interrupted run (dpgd.checkpoints). While
+    # the run is unfinished that folder also holds its secret noise key; false keeps
+    # everything in memory.
+    resume: bool = True
+    # Matching iterations between two saved states: at most this much matching is redone
+    # after a kill. Each save writes the images and the optimiser (~2x the distilled set).
+    checkpoint_every: int = 100
     # Free text recorded in results.json: the default is DP-GenG; experiment presets set
     # their own name.
     method: str = "dpgeng"

@@ -47,6 +47,14 @@ class ClassCounts:
         index = int(self.values.argmin())
         return index, float(self.values[index])
 
+    def to_payload(self) -> dict[str, object]:
+        """The full state (for a run's checkpoint; ``to_dict`` is the published form)."""
+        return {"values": self.values.clone(), "noisy": self.noisy, "noise_std": self.noise_std}
+
+    @classmethod
+    def from_payload(cls, data: dict) -> "ClassCounts":
+        return cls(data["values"], bool(data["noisy"]), float(data["noise_std"]))
+
     def to_dict(self) -> dict[str, object]:
         """The published form: rounded counts (post-processing of the noisy release)."""
         return {

@@ -32,6 +32,13 @@ class DistilledSet:
         """(images, labels) with every stored image un-packed (the identity for factor 1)."""
         return expand_multi_formation(self.images, self.labels, self.factor)
 
+    def to_payload(self) -> dict[str, object]:
+        return {"images": self.images.detach().cpu(), "labels": self.labels.detach().cpu(), "factor": self.factor}
+
+    @classmethod
+    def from_payload(cls, data: dict) -> "DistilledSet":
+        return cls(data["images"], data["labels"], int(data["factor"]))
+
 
 def pack_multi_formation(images: torch.Tensor, factor: int) -> torch.Tensor:
     """Pack each run of ``factor^2`` consecutive images into one image (row-major tiles).

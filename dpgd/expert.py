@@ -79,6 +79,19 @@ class Expert:
     model: nn.Module
     info: dict[str, float]
 
+    def to_payload(self) -> dict[str, Any]:
+        """Weights and info (a run's checkpoint): the fine-tuned expert is a DP release."""
+        return {"weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}, "info": dict(self.info)}
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any], model_cfg: Any, dataset: ImageDataset) -> "Expert":
+        model = seeded_model(model_cfg, dataset.channels, dataset.num_classes, dataset.image_size, 0)
+        model.load_state_dict(data["weights"])
+        model.eval()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        return cls(model, {k: float(v) for k, v in data["info"].items()})
+
 
 def train_expert(
     expert_cfg: Any,

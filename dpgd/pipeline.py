@@ -13,6 +13,7 @@ first. The public ``seed`` only drives randomness the guarantee does not rest on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -23,15 +24,18 @@ from typing import Any, Iterator
 import torch
 
 from dpgd import counts as class_counts
+from dpgd.checkpoints import RunCheckpoints
 from dpgd.config import TrainConfig
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.distilled import DistilledSet
 from dpgd.errors import ConfigError
-from dpgd.expert import ExpertAlignment, pool_accuracy, train_expert
-from dpgd.generators import Pool, generate_pool, pool_report
+from dpgd.expert import Expert, ExpertAlignment, pool_accuracy, train_expert
+from dpgd.generators import Pool, declare_pool, generate_pool, pool_report
 from dpgd.initialisation import POOL_INITS, check_init, initialise, initialise_from_pool
-from dpgd.matching import ExtractorSource, MatchingStats, PoolTrainedExtractors, RandomExtractors, match
+from dpgd.matching import (
+    ExtractorSource, LoopCheckpoint, MatchingStats, PoolTrainedExtractors, RandomExtractors, match,
+)
 from dpgd.privacy import NoisePlan, PrivacyLedger, ReleaseLog, SubsampledGaussian, declare_planned
 from dpgd.privacy.randomness import NoiseSource
 from dpgd.seeding import stage_generator
@@ -79,6 +83,19 @@ class RunContext:
     progress: bool
     tracker: Tracker
     noise: NoiseSource
+    checkpoints: RunCheckpoints | None = None
+
+    def load(self, stage: str) -> dict[str, Any] | None:
+        """The stage's output saved by an earlier process of this run (None: run it)."""
+        return None if self.checkpoints is None else self.checkpoints.load(stage)
+
+    def save(self, stage: str, payload: dict[str, Any], finished: bool = True) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.save(stage, payload, finished)
+
+    def discard(self, stage: str) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.discard(stage)
 
 
 @dataclass(frozen=True)
@@ -131,29 +148,49 @@ def distill(
     progress: bool = True,
     metrics: dict[str, Any] | None = None,
     noise: NoiseSource | None = None,
+    checkpoints: RunCheckpoints | None = None,
 ) -> Release:
     """Run the release stages of ``cfg`` on ``dataset`` (the private train split).
 
     ``noise`` defaults to :func:`run_noise` (a fresh secret for a private run). ``metrics``
     (if given) receives per-stage figures computed from DP outputs and public data only; the
     pool report (a network trained on the pool, tested on the public test set) runs only then.
+    ``checkpoints`` (the run folder's, :mod:`dpgd.checkpoints`) saves each stage's output as
+    it finishes and supplies those of an earlier, interrupted process of the same run: a
+    stage found there is loaded and re-declares its records instead of running.
     """
     tracker = tracker or Tracker()
     timer = timer or StageTimer()
     noise = noise if noise is not None else run_noise(cfg)
-    ctx = RunContext(device=device, seed=cfg.seed, progress=progress, tracker=tracker, noise=noise)
+    ctx = RunContext(device=device, seed=cfg.seed, progress=progress, tracker=tracker, noise=noise,
+                     checkpoints=checkpoints)
     check_stage_combinations(cfg)  # train.run judged it already; shadow runs and library callers too
     check_init(cfg.init, cfg.generator.name, dataset.image_size)
     with timer.stage("counts"):
-        counts = release_counts(cfg, dataset, plan, ledger, noise)
+        saved = ctx.load("counts")
+        if saved is None:
+            counts = release_counts(cfg, dataset, plan, ledger, noise)
+            ctx.save("counts", counts.to_payload())
+        else:
+            counts = ClassCounts.from_payload(saved)
+            redeclare_planned(ledger, plan, class_counts.COMPONENT)
     pool = None
     if cfg.generator.name != "none":
         with timer.stage("generate"):
-            pool = generate_pool(cfg.generator, dataset, planned_multiplier(plan, "generator"), ledger,
-                                 private=is_private(cfg), seed=ctx.seed, device=ctx.device, noise=ctx.noise,
-                                 counts=counts, progress=ctx.progress)
+            saved = ctx.load("generate")
+            if saved is None:
+                pool = generate_pool(cfg.generator, dataset, planned_multiplier(plan, "generator"), ledger,
+                                     private=is_private(cfg), seed=ctx.seed, device=ctx.device, noise=ctx.noise,
+                                     counts=counts, progress=ctx.progress)
+                ctx.save("generate", pool.to_payload())
+            else:
+                pool = Pool.from_payload(saved)
+                declare_pool(ledger, pool)
         if metrics is not None:
-            report = pool_report(pool, dataset, cfg.model, device, cfg.seed, epochs=cfg.generator.report_epochs)
+            report = ctx.load("pool_report")
+            if report is None:
+                report = pool_report(pool, dataset, cfg.model, device, cfg.seed, epochs=cfg.generator.report_epochs)
+                ctx.save("pool_report", report)
             metrics["generate"] = {"pool_size": len(pool.labels), "pool_test_acc": report["pool_test_acc"]}
             tracker.log("generate", {"pool_test_acc": report["pool_test_acc"] or float("nan"),
                                      "pool_size": len(pool.labels)}, step=0)
@@ -161,10 +198,15 @@ def distill(
                 tracker.log_images("generate/pool", report["grid"], report["grid_nrow"], "DP-generated pool")
 
     with timer.stage("init"):
-        if cfg.init.name in POOL_INITS:
+        saved = ctx.load("init")
+        if saved is not None:
+            distilled = DistilledSet.from_payload(saved)
+        elif cfg.init.name in POOL_INITS:
             distilled = initialise_from_pool(cfg.init, pool, dataset, cfg.ipc, cfg.model, device, cfg.seed, progress)
         else:
             distilled = initialise(cfg.init.name, dataset, cfg.ipc, cfg.epsilon, stage_generator(cfg.seed, "init"))
+        if saved is None:
+            ctx.save("init", distilled.to_payload())
     if pool is None or pool.synthetic or not math.isfinite(cfg.epsilon):
         tracker.log_images("init/images", dataset.denormalise(distilled.images), cfg.ipc, "initialisation")
 
@@ -177,9 +219,24 @@ def distill(
     match_stats = None
     if cfg.matcher.name != "none":
         with timer.stage("match"):
-            distilled, match_stats = run_matching(cfg, dataset, distilled, pool, alignment, plan, ledger, ctx,
-                                                  counts=counts)
+            saved = ctx.load("match")
+            if saved is None:
+                distilled, match_stats = run_matching(cfg, dataset, distilled, pool, alignment, plan, ledger, ctx,
+                                                      counts=counts)
+                ctx.save("match", {**distilled.to_payload(), "stats": dataclasses.asdict(match_stats)})
+                ctx.discard("match_state")
+            else:
+                if cfg.matcher.name == "dp_feature":
+                    redeclare_planned(ledger, plan, "matcher")
+                distilled = DistilledSet.from_payload(saved)
+                match_stats = MatchingStats(**saved["stats"])
     return Release(distilled, counts, None if pool is None else bool(pool.info.get("cache_hit", False)), match_stats)
+
+
+def redeclare_planned(ledger: PrivacyLedger, plan: NoisePlan | None, component: str) -> None:
+    """A stage loaded from its checkpoint: declare the records it ran (none without a plan)."""
+    if plan is not None and component in plan.multipliers:
+        declare_planned(ledger, plan, component)
 
 
 def build_alignment(
@@ -194,12 +251,20 @@ def build_alignment(
         # The planned records (one per piece of the noise schedule) and the per-step sigmas
         # the fine-tuning runs with: both come from the same plan records.
         noise_multiplier = declare_planned(ledger, plan, "expert")
-    releases = ReleaseLog("expert")
-    expert = train_expert(cfg.expert, cfg.model, pool.images, pool.labels, dataset, noise_multiplier,
-                          ctx.seed, ctx.device, ctx.progress, noise=ctx.noise, counts=counts, releases=releases)
-    releases.check(planned_records(plan, "expert"))
+    saved = ctx.load("expert")
+    if saved is None:
+        releases = ReleaseLog("expert")
+        expert = train_expert(cfg.expert, cfg.model, pool.images, pool.labels, dataset, noise_multiplier,
+                              ctx.seed, ctx.device, ctx.progress, noise=ctx.noise, counts=counts, releases=releases)
+        releases.check(planned_records(plan, "expert"))
+        accuracy = pool_accuracy(expert, dataset) if metrics is not None else None
+        ctx.save("expert", {**expert.to_payload(), "test_acc": accuracy})
+    else:
+        expert = Expert.from_payload(saved, cfg.model, dataset)
+        accuracy = saved["test_acc"] if metrics is not None else None
+        if metrics is not None and accuracy is None:  # saved by a run that did not measure it
+            accuracy = pool_accuracy(expert, dataset)
     if metrics is not None:
-        accuracy = pool_accuracy(expert, dataset)
         metrics["expert"] = {"test_acc": accuracy}
         ctx.tracker.log("expert", {"test_acc": accuracy}, step=int(expert.info["steps"]))
     return ExpertAlignment(
@@ -237,11 +302,17 @@ def run_matching(
     pick = stage_generator(ctx.seed, "match", "extractors")
     if cfg.matcher.extractors == "pool_trained":
         assert pool is not None  # check_stage_combinations: pool-trained extractors need a generator
-        extractors: ExtractorSource = PoolTrainedExtractors(
-            cfg.model, pool.images, pool.labels, dataset, num_extractors=cfg.matcher.num_extractors,
-            epochs=cfg.matcher.extractor_epochs, checkpoints=cfg.matcher.extractor_checkpoints, seed=ctx.seed,
-            generator=pick, device=ctx.device, progress=ctx.progress,
-        )
+        saved = ctx.load("extractors")
+        if saved is None:
+            trained = PoolTrainedExtractors(
+                cfg.model, pool.images, pool.labels, dataset, num_extractors=cfg.matcher.num_extractors,
+                epochs=cfg.matcher.extractor_epochs, checkpoints=cfg.matcher.extractor_checkpoints, seed=ctx.seed,
+                generator=pick, device=ctx.device, progress=ctx.progress,
+            )
+            ctx.save("extractors", trained.to_payload())
+        else:
+            trained = PoolTrainedExtractors.from_payload(saved, cfg.model, dataset, pick, ctx.device)
+        extractors: ExtractorSource = trained
     else:  # random (check_stage_combinations refuses any other name)
         extractors = RandomExtractors(cfg.model, dataset.channels, dataset.num_classes, dataset.image_size, pick,
                                       ctx.device)
@@ -252,12 +323,22 @@ def run_matching(
             ctx.tracker.log("match", values, step=iteration)
 
     releases = ReleaseLog("matcher")
+    augment = stage_generator(ctx.seed, "match", "augment")
+    noise_generator = ctx.noise.generator("match", "noise")
+    sampling_generator = ctx.noise.generator("match", "sampling")
+    checkpoint = None
+    if ctx.checkpoints is not None:
+        checkpoint = LoopCheckpoint(
+            every=cfg.checkpoint_every,
+            generators={"augment": augment, "extractors": pick, "noise": noise_generator,
+                        "sampling": sampling_generator},
+            save=lambda state: ctx.save("match_state", state, finished=False),
+            saved=ctx.load("match_state"),
+        )
     images, stats = match(
         distilled.images, distilled.labels, dataset, cfg.matcher, extractors=extractors,
-        noise_multiplier=noise_multiplier, generator=stage_generator(ctx.seed, "match", "augment"),
-        noise_generator=ctx.noise.generator("match", "noise"),
-        sampling_generator=ctx.noise.generator("match", "sampling"),
-        counts=counts, releases=releases,
+        noise_multiplier=noise_multiplier, generator=augment, noise_generator=noise_generator,
+        sampling_generator=sampling_generator, counts=counts, releases=releases, checkpoint=checkpoint,
         device=ctx.device, on_iteration=on_iteration, progress=ctx.progress,
         factor=distilled.factor, extra_loss=alignment,
     )

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from torchvision.utils import make_grid, save_image
 
 from dpgd.distilled import expand_multi_formation
-from dpgd.storage import atomic_write_text
+from dpgd.storage import atomic_torch_save, atomic_write_text
 
 RESULTS_FILE = "results.json"
 DISTILLED_FILE = "distilled.pt"
@@ -90,7 +90,7 @@ def save_distilled(
     config: dict[str, Any],
     factor: int = 1,
 ) -> None:
-    torch.save(
+    atomic_torch_save(
         {
             "factor": factor,
             "images": images.detach().cpu(),

@@ -33,6 +33,20 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_write_bytes(data: bytes, path: str | os.PathLike, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path``, all or nothing, readable by the owner only (``mode``):
+    for secrets such as a run's noise key."""
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_text(text: str, path: str | os.PathLike, encoding: str = "utf-8") -> None:
     """Write ``text`` to ``path``, all or nothing."""
     path = Path(path)

@@ -100,8 +100,13 @@ def open_tracker(
     output_dir: Path,
     default_name: str,
     default_group: str | None,
+    run_id: str | None = None,
 ) -> Tracker:
-    """Start the configured tracker for one run; every run gets its own W&B run."""
+    """Start the configured tracker for one run; every run gets its own W&B run.
+
+    ``run_id`` (a resumable run's, kept in its checkpoints) makes a rerun that continues the
+    run log into the same W&B run (``resume="allow"``).
+    """
     if logger_cfg.name == "none" or logger_cfg.mode == "disabled":
         return Tracker()
     if logger_cfg.name != "wandb":
@@ -121,6 +126,8 @@ def open_tracker(
         dir=str(output_dir),
         reinit="finish_previous",
     )
+    if run_id is not None:
+        kwargs.update(id=run_id, resume="allow")
     mode = logger_cfg.mode
     if mode == "online":
         try:

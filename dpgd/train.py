@@ -9,6 +9,7 @@ user errors (:class:`~dpgd.errors.DpgdError`) into one short message and exit st
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import platform
 import resource
@@ -24,11 +25,12 @@ from omegaconf import DictConfig
 
 from dpgd import results as artifacts
 from dpgd.budget import plan_run
+from dpgd.checkpoints import RunCheckpoints
 from dpgd.config import TrainConfig, plain, register_configs, typed
 from dpgd.data import ImageDataset, load_dataset
 from dpgd.distilled import DistilledSet
 from dpgd.errors import DpgdError
-from dpgd.evaluation import evaluate_distilled
+from dpgd.evaluation import EvalResult, evaluate_distilled
 from dpgd.mia.stage import check_mia, check_mia_settings, run_attack
 from dpgd.pipeline import StageTimer, distill, run_noise
 from dpgd.privacy import PrivacyLedger
@@ -93,14 +95,20 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str = "dpg
     # The plan is made (and refused if it cannot meet the target) before any data is read.
     with timer.stage("plan"):
         plan = plan_run(cfg)
-    noise = run_noise(cfg)
+    resolved = plain(cfg)
+    # The run folder's checkpoints (resume=true): a rerun into the same folder continues the
+    # run with its release id, secret noise key and W&B run; a different config is refused.
+    checkpoints = RunCheckpoints.open(output_dir, resolved) if cfg.resume else None
+    if checkpoints is not None and checkpoints.released:
+        return finished_run(cfg, output_dir, device)
+    noise = checkpoints.noise(cfg.seed, is_private(cfg), cfg.reproducible_noise) if checkpoints else run_noise(cfg)
     if is_private(cfg) and not noise.is_secret:
         log.warning("reproducible_noise=true: DP noise is derived from the public seed; this run is NOT "
                     "differentially private (anyone with the seed can regenerate the noise).")
-    ledger = PrivacyLedger()
+    ledger = PrivacyLedger(release_id=checkpoints.release_id if checkpoints else None)
 
-    resolved = plain(cfg)
-    tracker: Tracker = open_tracker(cfg.logger, resolved, output_dir, run_name, run_group)
+    tracker: Tracker = open_tracker(cfg.logger, resolved, output_dir, run_name, run_group,
+                                    run_id=checkpoints.wandb_run_id if checkpoints else None)
     exit_code = 1
     try:
         with timer.stage("data"):
@@ -111,16 +119,23 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str = "dpg
 
         stage_metrics: dict[str, Any] = {}
         release = distill(cfg, dataset, plan, ledger, device=device, tracker=tracker, timer=timer,
-                          metrics=stage_metrics, noise=noise)
+                          metrics=stage_metrics, noise=noise, checkpoints=checkpoints)
         distilled = release.distilled
         log.info("class counts (%s): %s", "noisy release" if release.counts.noisy else "exact, non-private run",
                  release.counts.to_dict()["per_class"])
 
         with timer.stage("eval"):
-            train_images, train_labels = distilled.expanded()
-            evaluation = evaluate_distilled(
-                train_images, train_labels, dataset, cfg.model, cfg.evaluation, device, seed=cfg.seed, progress=True,
-            )
+            saved = checkpoints.load("eval") if checkpoints else None
+            if saved is not None:
+                evaluation = EvalResult([float(a) for a in saved["accuracies"]], float(saved["seconds"]))
+            else:
+                train_images, train_labels = distilled.expanded()
+                evaluation = evaluate_distilled(
+                    train_images, train_labels, dataset, cfg.model, cfg.evaluation, device, seed=cfg.seed,
+                    progress=True,
+                )
+                if checkpoints is not None:
+                    checkpoints.save("eval", {"accuracies": evaluation.accuracies, "seconds": evaluation.seconds})
         tracker.log("eval", {"test_acc_mean": evaluation.mean, "test_acc_std": evaluation.std})
 
         privacy = privacy_summary(ledger, epsilon_target=cfg.epsilon, delta=cfg.delta, noise=noise)
@@ -142,6 +157,8 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str = "dpg
             "stages": stage_metrics,
         }
         write_release(output_dir, cfg, dataset, distilled, results, ledger, resolved, tracker)
+        if checkpoints is not None:
+            checkpoints.mark_released()  # the noise key and matching's generator states are deleted
 
         mia = None
         if cfg.mia.name != "none":
@@ -157,6 +174,7 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str = "dpg
             "pool_cache_hit": release.pool_cache_hit,
             "match": None if release.match_stats is None else dataclasses.asdict(release.match_stats),
             "num_train": dataset.num_train,
+            "resumed": checkpoints is not None and checkpoints.resumed,
         }
         write_private(output_dir, diagnostics, mia)
         if mia is not None:
@@ -165,6 +183,28 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str = "dpg
         return RunResult(output_dir=output_dir, results=results, distilled=distilled, diagnostics=diagnostics)
     finally:
         tracker.finish(exit_code=exit_code)
+
+
+def finished_run(cfg: TrainConfig, output_dir: Path, device: torch.device) -> RunResult:
+    """A rerun of a run whose release is complete: nothing is drawn again; the attack (if
+    configured and not yet run) runs, and the run's files are returned."""
+    log.info("the release in %s is complete; nothing to resume", artifacts.release_dir(output_dir))
+    results = artifacts.read_results(output_dir)
+    payload = artifacts.load_distilled(output_dir)
+    distilled = DistilledSet(payload.stored_images, payload.stored_labels, factor=payload.factor)
+    private = artifacts.private_dir(output_dir)
+    diagnostics_file = private / artifacts.DIAGNOSTICS_FILE
+    diagnostics = json.loads(diagnostics_file.read_text()) if diagnostics_file.is_file() else {}
+    mia_file = private / artifacts.MIA_FILE
+    if cfg.mia.name != "none":
+        if mia_file.is_file():
+            diagnostics["mia"] = json.loads(mia_file.read_text())
+        else:
+            dataset = load_dataset(cfg.dataset, seed=cfg.seed)
+            check_mia(cfg, dataset)
+            diagnostics["mia"] = run_attack(cfg, dataset, device, private, Tracker())
+            artifacts.write_json(mia_file, diagnostics["mia"])
+    return RunResult(output_dir=output_dir, results=results, distilled=distilled, diagnostics=diagnostics)
 
 
 def write_release(

@@ -45,6 +45,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"delta={cfg.delta} must lie in (0, 1); the field's convention is delta=1e-5.")
     if cfg.ipc < 1:
         raise ConfigError(f"ipc={cfg.ipc}: the distilled set needs at least one image per class.")
+    if cfg.checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} must be at least 1 (matching iterations "
+                          "between saved states); use resume=false to save none.")
     fractions = {key: float(getattr(cfg.budget, key)) for key in ("generator", "matcher", "expert")}
     for key, value in fractions.items():
         if not 0.0 <= value <= 1.0:

@@ -12,7 +12,7 @@ and :func:`pool_report` (pool accuracy and grid, reporting only).
 from dpgd.generators.base import GENERATOR_COMPONENT, Pool, PoolGenerator
 from dpgd.privacy.components import PrivacyNeed
 from dpgd.generators.registry import GENERATOR_NAMES, GENERATORS, build_generator, privacy_request
-from dpgd.generators.stage import generate_pool, pool_report
+from dpgd.generators.stage import declare_pool, generate_pool, pool_report
 
 __all__ = [
     "GENERATOR_COMPONENT",
@@ -22,6 +22,7 @@ __all__ = [
     "PoolGenerator",
     "PrivacyNeed",
     "build_generator",
+    "declare_pool",
     "generate_pool",
     "pool_report",
     "privacy_request",

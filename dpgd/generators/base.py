@@ -13,10 +13,11 @@ Neighbouring relation: add/remove one record (see :mod:`dpgd.privacy`).
 
 from __future__ import annotations
 
+import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 
@@ -66,6 +67,21 @@ class Pool:
 
     def class_counts(self, num_classes: int) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=num_classes)
+
+    def to_payload(self) -> dict[str, Any]:
+        """Plain tensors, lists and strings (loadable with ``torch.load(weights_only=True)``)."""
+        return {
+            "images": self.images.detach().cpu(),
+            "labels": self.labels.detach().cpu(),
+            "mechanisms": [m.to_dict() for m in self.mechanisms],
+            "synthetic": self.synthetic,
+            "info": json.loads(json.dumps(self.info, default=str)),
+        }
+
+    @classmethod
+    def from_payload(cls, data: Mapping[str, Any]) -> "Pool":
+        mechanisms = tuple(SubsampledGaussian.from_dict(m) for m in data["mechanisms"])
+        return cls(data["images"], data["labels"], mechanisms, bool(data["synthetic"]), dict(data["info"]))
 
 
 class PoolGenerator(ABC):

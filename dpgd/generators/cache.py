@@ -54,7 +54,6 @@ from dpgd.config import GeneratorConfig
 from dpgd.data import ImageDataset, hash_train_split
 from dpgd.errors import ConfigError
 from dpgd.generators.base import Pool
-from dpgd.privacy import SubsampledGaussian
 from dpgd.storage import atomic_torch_save
 
 log = logging.getLogger("dpgd")
@@ -228,15 +227,7 @@ def save_pool(path: Path, pool: Pool, key: str) -> None:
     """Write atomically (a crash never leaves a half-written pool)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(
-        {
-            "version": CACHE_VERSION,
-            "key": key,
-            "images": pool.images.detach().cpu(),
-            "labels": pool.labels.detach().cpu(),
-            "mechanisms": [m.to_dict() for m in pool.mechanisms],
-            "synthetic": pool.synthetic,
-            "info": json.loads(json.dumps(pool.info, default=str)),
-        },
+        {"version": CACHE_VERSION, "key": key, **pool.to_payload()},
         path,
     )
 
@@ -249,8 +240,7 @@ def load_pool(path: Path, key: str) -> Pool | None:
         data: Mapping[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
         if data.get("version") != CACHE_VERSION or data.get("key") != key:
             return None
-        mechanisms = tuple(SubsampledGaussian.from_dict(m) for m in data["mechanisms"])
-        return Pool(data["images"], data["labels"], mechanisms, bool(data["synthetic"]), dict(data["info"]))
+        return Pool.from_payload(data)
     except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError, ConfigError) as exc:
         # A corrupt or foreign file is a miss, never a crash: the pool is refitted. Neither
         # the path nor the message (which may hold the path) is logged: a private output.

@@ -96,10 +96,7 @@ def generate_pool(
         path = cache_path(cache_dir, key)
         cached = load_pool(path, key)
         if cached is not None and cached.mechanisms == mechanisms:
-            # The same noisy release as the run that fitted it: same release id, so a sweep
-            # over runs sharing this pool composes it once.
-            for mechanism in cached.mechanisms:
-                ledger.declare(mechanism, cached.info.get("release_id"))
+            declare_pool(ledger, cached)
             cached.info["cache_hit"] = True
             log.info("generator %s: reusing a cached pool", name)
             return cached
@@ -122,6 +119,14 @@ def generate_pool(
     if use_cache and path is not None and key is not None:
         save_pool(path, pool, key)
     return pool
+
+
+def declare_pool(ledger: PrivacyLedger, pool: Pool) -> None:
+    """Declare the records of a pool made earlier (cache, or an interrupted process of this
+    run): the same noisy release as the run that fitted it, under its release id, so a sweep
+    over runs sharing the pool composes it once."""
+    for mechanism in pool.mechanisms:
+        ledger.declare(mechanism, pool.info.get("release_id"))
 
 
 def pool_report(

@@ -22,7 +22,7 @@ loop and its two class targets).
 """
 
 from dpgd.matching.extractors import ExtractorSource, PoolTrainedExtractors, RandomExtractors
-from dpgd.matching.loop import DmTarget, DpTarget, MatchingStats, match
+from dpgd.matching.loop import DmTarget, DpTarget, LoopCheckpoint, MatchingStats, match
 from dpgd.matching.release import (
     NoiseSpec,
     class_means,
@@ -38,6 +38,7 @@ __all__ = [
     "DmTarget",
     "DpTarget",
     "ExtractorSource",
+    "LoopCheckpoint",
     "MatchingStats",
     "NoiseSpec",
     "PoolTrainedExtractors",

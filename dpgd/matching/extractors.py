@@ -104,5 +104,24 @@ class PoolTrainedExtractors:
                 self.networks.append(snapshot)
         bar.close()
 
+    def to_payload(self) -> dict[str, object]:
+        """The snapshots' weights (a run's checkpoint; post-processing of the DP pool)."""
+        return {"networks": [{k: v.detach().cpu() for k, v in net.state_dict().items()} for net in self.networks]}
+
+    @classmethod
+    def from_payload(cls, data: dict, model_cfg: ModelConfig, dataset: ImageDataset, generator: torch.Generator,
+                     device: torch.device) -> "PoolTrainedExtractors":
+        source = cls.__new__(cls)
+        source.generator = generator
+        source.networks = []
+        for weights in data["networks"]:
+            net = seeded_model(model_cfg, dataset.channels, dataset.num_classes, dataset.image_size, 0)
+            net.load_state_dict(weights)
+            net.to(device).eval()
+            for parameter in net.parameters():
+                parameter.requires_grad_(False)
+            source.networks.append(net)
+        return source
+
     def __call__(self, iteration: int) -> nn.Module:
         return self.networks[int(torch.randint(len(self.networks), (1,), generator=self.generator))]

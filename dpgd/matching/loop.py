@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -39,6 +39,23 @@ class MatchingStats:
     iterations: int
     seconds: float
     images_per_second: float
+
+
+@dataclass
+class LoopCheckpoint:
+    """Matching's resumable state (see :mod:`dpgd.checkpoints`).
+
+    Every ``every`` iterations the loop hands ``save`` its state: the next iteration, the
+    images, the optimiser, the releases drawn so far and the state of each generator in
+    ``generators`` (every stream the loop and its target draw from: augmentation, batches,
+    extractor picks, noise). Given ``saved``, the loop restores all of it and continues
+    from that iteration, drawing what the uninterrupted loop would have drawn.
+    """
+
+    every: int
+    generators: dict[str, torch.Generator]
+    save: Callable[[dict[str, Any]], None]
+    saved: dict[str, Any] | None = None
 
 
 class ClassTarget(Protocol):
@@ -150,6 +167,7 @@ def match(
     sampling_generator: torch.Generator | None = None,
     counts: ClassCounts | None = None,
     releases: ReleaseLog | None = None,
+    checkpoint: LoopCheckpoint | None = None,
 ) -> tuple[torch.Tensor, MatchingStats]:
     """Optimise the synthetic ``images`` (normalised, labels ``labels``) by feature matching.
 
@@ -162,7 +180,8 @@ def match(
     the declared records). The sigma of each iteration is reported to
     ``on_iteration`` under ``"sigma"``. With multi-formation ``factor`` > 1 the stored images are unpacked
     (differentiably) before embedding. ``extra_loss(images, labels)`` (the expert
-    alignment) is added to the matching loss; it must use no private data. Returns the
+    alignment) is added to the matching loss; it must use no private data. ``checkpoint``
+    saves the loop's state periodically and resumes from a saved one. Returns the
     optimised stored images (detached, on CPU) and statistics.
     """
     name = matcher_cfg.name
@@ -183,11 +202,18 @@ def match(
     optimiser = torch.optim.SGD([syn], lr=matcher_cfg.lr_images, momentum=matcher_cfg.momentum)
     dsa = DSA(matcher_cfg.dsa_strategy) if matcher_cfg.dsa else None
 
+    releases = getattr(target, "releases", releases)
+    first_iteration = 0
+    real_seen = 0
+    if checkpoint is not None and checkpoint.saved is not None:
+        first_iteration, real_seen = _restore(checkpoint, syn, optimiser, releases)
+
+    real_seen_before = real_seen
     _synchronize(device)  # time the loop alone on CUDA (one sync before and after, none inside)
     start = time.perf_counter()
-    real_seen = 0
     loss_value = float("nan")
-    bar = progress_bar(range(matcher_cfg.iterations), desc=f"match ({name})", disable=not progress, leave=False)
+    bar = progress_bar(range(first_iteration, matcher_cfg.iterations), desc=f"match ({name})",
+                       disable=not progress, leave=False)
     for iteration in bar:
         net = extractors(iteration)
         index = target.next_batch().to(device)
@@ -219,14 +245,44 @@ def match(
         if on_iteration is not None:
             # Only values computed from DP outputs: never the (private) Poisson batch size.
             on_iteration(iteration, {"loss": loss_value, **metrics})
+        done = iteration + 1
+        if checkpoint is not None and done % checkpoint.every == 0 and done < matcher_cfg.iterations:
+            checkpoint.save({
+                "iteration": done,
+                "images": syn.detach().cpu(),
+                "optimiser": optimiser.state_dict(),
+                "generators": {key: g.get_state() for key, g in checkpoint.generators.items()},
+                "releases": [] if releases is None else list(releases.sigmas),
+                "real_seen": real_seen,
+            })
     _synchronize(device)
     seconds = time.perf_counter() - start
     stats = MatchingStats(
         iterations=matcher_cfg.iterations,
         seconds=seconds,
-        images_per_second=(real_seen + matcher_cfg.iterations * len(syn) * factor**2) / max(seconds, 1e-9),
+        # this process's share of the work (a resumed loop ran only the rest)
+        images_per_second=((real_seen - real_seen_before)
+                           + (matcher_cfg.iterations - first_iteration) * len(syn) * factor**2) / max(seconds, 1e-9),
     )
     return syn.detach().cpu(), stats
+
+
+def _restore(checkpoint: LoopCheckpoint, syn: torch.Tensor, optimiser: torch.optim.Optimizer,
+             releases: ReleaseLog | None) -> tuple[int, int]:
+    """Put the loop back in a saved state; returns (next iteration, real records seen)."""
+    saved = checkpoint.saved
+    assert saved is not None
+    if set(saved["generators"]) != set(checkpoint.generators):
+        raise RuntimeError(f"matching checkpoint holds generators {sorted(saved['generators'])}, "
+                           f"the loop draws from {sorted(checkpoint.generators)}")
+    with torch.no_grad():
+        syn.copy_(saved["images"].to(syn.device))
+    optimiser.load_state_dict(saved["optimiser"])
+    for key, generator in checkpoint.generators.items():
+        generator.set_state(saved["generators"][key])
+    if releases is not None:
+        releases.sigmas[:] = [float(s) for s in saved["releases"]]
+    return int(saved["iteration"]), int(saved["real_seen"])
 
 
 def _synchronize(device: torch.device) -> None:

@@ -9,6 +9,12 @@ keyed by 32 bytes of the operating system's CSPRNG (``secrets``), made fresh for
 example the points of an epsilon sweep, then draw independent noise and compose as
 independent mechanisms.
 
+Resuming a run (``resume=true``, the default) is the one exception to "never saved": while
+the run is unfinished its key sits in ``private/checkpoints/noise.key`` (owner-only file
+mode), so the rerun that continues it draws exactly the noise the killed process would have
+drawn; a statistic is never released twice with different noise. The key is deleted as soon
+as the release is written. ``resume=false`` keeps it in memory only.
+
 The public ``seed`` keeps only randomness that the guarantee does not rest on: initial
 weights, DSA parameters, evaluation, k-means, DP-MERF's random frequencies.
 
@@ -29,8 +35,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from pathlib import Path
 
 import torch
+
+from dpgd.storage import atomic_write_bytes
 
 SECRET = "secret"
 REPRODUCIBLE = "reproducible"
@@ -65,6 +74,26 @@ class NoiseSource:
             return cls.secret()
         return cls.from_public_seed(seed)
 
+    @classmethod
+    def for_resumable_run(cls, seed: int, private: bool, reproducible: bool, key_file: Path) -> "NoiseSource":
+        """:meth:`for_run`, with a secret key kept in ``key_file`` until the run finishes.
+
+        The first process of a run makes the key and writes it (owner-only); a rerun that
+        continues the run reads it back, so both draw the same noise streams.
+        """
+        if not (private and not reproducible):
+            return cls.from_public_seed(seed)
+        key_file = Path(key_file)
+        if key_file.is_file():
+            key = key_file.read_bytes()
+            if len(key) != _KEY_BYTES:
+                raise ValueError(f"{key_file} is not a noise key ({len(key)} bytes); the run cannot be resumed")
+            return cls(key, SECRET)
+        source = cls.secret()
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(source._key, key_file)
+        return source
+
     @property
     def is_secret(self) -> bool:
         return self.mode == SECRET
@@ -90,7 +119,7 @@ class NoiseSource:
     def __repr__(self) -> str:  # never show the key
         return f"NoiseSource(mode={self.mode!r})"
 
-    def __reduce__(self):  # picklable for worker processes (shadow runs), never written to disk by dpgd
+    def __reduce__(self):  # picklable for worker processes (shadow runs); only for_resumable_run writes a key
         return (NoiseSource, (self._key, self.mode))
 
 
