@@ -8,7 +8,8 @@ A run folder holds:
   release, post-processing of one, or public (config, seed, test split).
 - ``private/``: for the data owner only: ``diagnostics.json`` (timings, peak memory,
   device, cache use: they depend on N and on the Poisson batch sizes), the membership
-  attack's ``mia.json``, ``mia_roc.png`` and ``mia_shadows/`` (per-record scores).
+  attack's ``mia.json``, ``mia_roc.png`` and ``mia_shadows/`` (per-record scores), and
+  ``checkpoints/`` (stage outputs for resuming, :mod:`dpgd.checkpoints`).
 - Hydra's ``train.log`` and ``.hydra/``, and ``wandb/``, are the owner's too.
 
 These files are the product's contract with users and downstream scripts
