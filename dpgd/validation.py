@@ -15,6 +15,7 @@ from dpgd.config import TrainConfig
 from dpgd.errors import ConfigError
 from dpgd.initialisation import check_init
 from dpgd.matching.extractors import check_extractor_settings
+from dpgd.generators.pe_sources import check_source_settings
 from dpgd.privacy.schedules import relative_pieces
 
 if TYPE_CHECKING:
@@ -100,6 +101,8 @@ def check_stage_combinations(cfg: TrainConfig) -> None:
         relative_pieces(cfg.expert.noise_schedule, cfg.expert.steps)
     if cfg.matcher.name == "dp_feature":
         relative_pieces(cfg.matcher.noise_schedule, cfg.matcher.iterations)
+    if cfg.generator.name == "pe":
+        check_source_settings(cfg.generator.pe)
     if cfg.matcher.name != "none" and cfg.matcher.extractors not in ("random", "pool_trained"):
         raise ConfigError(f"matcher.extractors={cfg.matcher.extractors} is unknown; choose random or pool_trained.")
 

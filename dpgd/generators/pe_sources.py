@@ -17,6 +17,7 @@ Images go in and out normalised like the private data set.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Protocol
@@ -82,17 +83,8 @@ class PublicFolderSource:
     """Candidates drawn from a folder of public images, varied by augmentation + noise."""
 
     def __init__(self, root: str | None, dataset: ImageDataset, pixel_noise: float) -> None:
-        if not root:
-            raise ConfigError(
-                "generator.pe.source=public_folder needs generator.pe.public_root: a folder of images "
-                "you declare public (class subfolders or flat); they must not be private records."
-            )
-        folder = Path(root).expanduser()
-        if not folder.is_dir():
-            raise DataNotFoundError(f"generator.pe.public_root={folder} is not a folder of images.")
-        files = _image_files(folder)
-        if not files:
-            raise DataNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under generator.pe.public_root={folder}.")
+        files = _public_files(root)
+        folder = Path(str(root)).expanduser()
         self.norm = _Normaliser(dataset)
         self.pixel_noise = float(pixel_noise)
         mode = "L" if dataset.channels == 1 else "RGB"
@@ -138,24 +130,11 @@ class DiffusersSource:
     """A local pretrained DDPM-style model: random = sampling, variation = SDEdit."""
 
     def __init__(self, path: str | None, dataset: ImageDataset, steps: int, batch_size: int, device: torch.device) -> None:
-        if not path:
-            raise ConfigError(
-                "generator.pe.source=diffusers needs generator.pe.diffusers_path: a LOCAL folder holding a "
-                "UNet2DModel saved with save_pretrained (optionally with a scheduler/ subfolder)."
-            )
-        try:
-            from diffusers import DDPMScheduler, UNet2DModel
-        except ImportError as exc:
-            raise ConfigError(
-                "generator.pe.source=diffusers needs the optional extra: pip install 'dpgd[diffusers]'."
-            ) from exc
-        folder = Path(path).expanduser()
+        _check_diffusers(path, steps, batch_size)
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        folder = Path(str(path)).expanduser()
         unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
-        if not (unet_dir / "config.json").is_file():
-            raise DataNotFoundError(
-                f"no saved UNet2DModel (config.json) in {folder} or {folder / 'unet'}; "
-                "generator.pe.diffusers_path must point at a local save_pretrained folder (nothing is downloaded)."
-            )
         self.unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, low_cpu_mem_usage=False).to(device).eval()
         for sub in (folder / "scheduler", folder):
             if (sub / "scheduler_config.json").is_file():
@@ -163,8 +142,6 @@ class DiffusersSource:
                 break
         else:
             self.scheduler = DDPMScheduler(num_train_timesteps=1000)
-        if steps < 1 or batch_size < 1:
-            raise ConfigError("generator.pe.diffusers_steps and diffusers_batch_size must be at least 1.")
         self.scheduler.set_timesteps(min(int(steps), self.scheduler.config.num_train_timesteps))
         self.norm = _Normaliser(dataset)
         self.batch_size = int(batch_size)
@@ -220,8 +197,54 @@ class DiffusersSource:
         return torch.cat(out).to(images.device)
 
 
+def _public_files(root: str | None) -> list[Path]:
+    if not root:
+        raise ConfigError(
+            "generator.pe.source=public_folder needs generator.pe.public_root: a folder of images "
+            "you declare public (class subfolders or flat); they must not be private records."
+        )
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise DataNotFoundError(f"generator.pe.public_root={folder} is not a folder of images.")
+    files = _image_files(folder)
+    if not files:
+        raise DataNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under generator.pe.public_root={folder}.")
+    return files
+
+
+def _check_diffusers(path: str | None, steps: int, batch_size: int) -> None:
+    if not path:
+        raise ConfigError(
+            "generator.pe.source=diffusers needs generator.pe.diffusers_path: a LOCAL folder holding a "
+            "UNet2DModel saved with save_pretrained (optionally with a scheduler/ subfolder)."
+        )
+    if steps < 1 or batch_size < 1:
+        raise ConfigError("generator.pe.diffusers_steps and diffusers_batch_size must be at least 1.")
+    if importlib.util.find_spec("diffusers") is None:
+        raise ConfigError("generator.pe.source=diffusers needs the optional extra: pip install 'dpgd[diffusers]'.")
+    folder = Path(path).expanduser()
+    if not any((d / "config.json").is_file() for d in (folder, folder / "unet")):
+        raise DataNotFoundError(
+            f"no saved UNet2DModel (config.json) in {folder} or {folder / 'unet'}; "
+            "generator.pe.diffusers_path must point at a local save_pretrained folder (nothing is downloaded)."
+        )
+
+
+def check_source_settings(pe_cfg) -> None:
+    """The candidate source's settings and files, judged before any private data is read
+    (a missing public folder must not wait for the count release)."""
+    source = pe_cfg.source
+    if source == "public_folder":
+        _public_files(pe_cfg.public_root)
+    elif source == "diffusers":
+        _check_diffusers(pe_cfg.diffusers_path, pe_cfg.diffusers_steps, pe_cfg.diffusers_batch_size)
+    else:
+        raise ConfigError(f"generator.pe.source={source} is unknown; choose public_folder or diffusers.")
+
+
 def build_source(pe_cfg, dataset: ImageDataset, device: torch.device) -> CandidateSource:
     """The candidate source ``generator.pe.source`` names."""
+    check_source_settings(pe_cfg)
     source = pe_cfg.source
     if source == "public_folder":
         return PublicFolderSource(pe_cfg.public_root, dataset, pe_cfg.pixel_noise)
