@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -67,6 +68,25 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], pre
         elif old != new:
             differences.append(f"{dotted}: {old!r} -> {new!r}")
     return differences
+
+
+def discard_other_config(run_dir: Path, config: Mapping[str, Any]) -> bool:
+    """Delete ``run_dir``'s checkpoints if they belong to another config (for scripts that
+    rerun a changed setting into the same folder); True if something was deleted. The
+    checkpoints of the same config are kept, so the run resumes."""
+    folder = checkpoint_dir(Path(run_dir))
+    state_file = folder / STATE_FILE
+    if not state_file.is_file():
+        return False
+    try:
+        saved = json.loads(state_file.read_text(encoding="utf-8"))["config"]
+        same = not config_differences(saved, json.loads(json.dumps(config, default=str)))
+    except (OSError, ValueError, KeyError, TypeError):
+        same = False
+    if same:
+        return False
+    shutil.rmtree(folder)
+    return True
 
 
 class RunCheckpoints:

@@ -80,12 +80,14 @@ def run_or_reuse(overrides: list[str], folder: Path) -> tuple[dict[str, Any], fl
     folder already holds a run of exactly that resolved config: (results, seconds, reused).
     For a reused run, seconds is the sum of its recorded stage timings (private diagnostics)."""
     from dpgd.config import compose, plain, typed
+    from dpgd.checkpoints import discard_other_config
     from dpgd.train import run  # the pipeline's imports, only when a run is needed
 
     cfg = typed(compose(*overrides))
     results = finished_results(folder, plain(cfg))
     if results is not None:
         return results, sum(read_diagnostics(folder).get("timings_s", {}).values()), True
+    discard_other_config(folder, plain(cfg))  # a changed setting reruns; the same one resumes
     started = time.perf_counter()
     results = run(cfg, folder).results
     return results, time.perf_counter() - started, False
