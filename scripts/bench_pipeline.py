@@ -1,0 +1,85 @@
+"""Benchmark whole runs: per-stage seconds, peak memory and the DP-GenG / NDPDC time ratio.
+
+    python scripts/bench_pipeline.py                          # cifar10-mini, IPC 10, eps 1
+    python scripts/bench_pipeline.py --dataset digits
+    python scripts/bench_pipeline.py --matching               # also scripts/bench_matching.py
+
+Each method runs as ``dpgd experiment=<method> dataset=<dataset> ...`` in its own process,
+one after the other (never concurrently: they would share the cores), with the pool cache
+and resuming off so every stage does its work. Stage seconds and peak memory come from each
+run's ``private/diagnostics.json``; "process" is the wall time of the whole command
+(imports and writing included). Run it on an otherwise idle machine, before and after a
+change to a hot path, and put both tables in the change's note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("plan", "data", "counts", "generate", "init", "expert", "match", "eval")
+
+
+def dpgd_command() -> list[str]:
+    script = Path(sys.executable).with_name("dpgd")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "dpgd.train"]
+
+
+def run_method(method: str, dataset: str, overrides: list[str], folder: Path) -> dict:
+    command = [*dpgd_command(), f"experiment={method}", f"dataset={dataset}", "logger=none",
+               "generator.cache=false", "resume=false", f"hydra.run.dir={folder}", *overrides]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env.setdefault("DPGD_CIFAR10_MINI", str(REPO.parent / "shared" / "data" / "cifar10-mini"))
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    diagnostics = json.loads((folder / "private" / "diagnostics.json").read_text())
+    results = json.loads((folder / "release" / "results.json").read_text())
+    return {"process": seconds, "timings": diagnostics["timings_s"], "peak_mb": diagnostics["peak_memory_mb"],
+            "acc": results["test_acc_mean"], "epsilon": results["privacy"]["epsilon"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="cifar10_mini")
+    parser.add_argument("--methods", nargs="+", default=["dpgeng", "ndpdc"])
+    parser.add_argument("--matching", action="store_true", help="also run scripts/bench_matching.py")
+    parser.add_argument("overrides", nargs="*", help="extra dpgd overrides for every method (e.g. seed=1)")
+    args = parser.parse_args()
+
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="dpgd-bench-") as tmp:
+        for method in args.methods:
+            print(f"running {method} on {args.dataset} ...", file=sys.stderr, flush=True)
+            rows[method] = run_method(method, args.dataset, args.overrides, Path(tmp) / method)
+
+    print(f"data set {args.dataset}, overrides {args.overrides or 'none'}, {os.cpu_count()} CPUs\n")
+    print("| stage | " + " | ".join(args.methods) + " |")
+    print("|---|" + "---|" * len(args.methods))
+    stages = [s for s in STAGES if any(s in r["timings"] for r in rows.values())]
+    for stage in stages:
+        print(f"| {stage} | " + " | ".join(f"{rows[m]['timings'].get(stage, 0.0):.1f}" for m in args.methods) + " |")
+    print("| **stages total** | " + " | ".join(
+        f"**{sum(rows[m]['timings'].get(s, 0.0) for s in STAGES):.1f}**" for m in args.methods) + " |")
+    print("| process (s) | " + " | ".join(f"{rows[m]['process']:.1f}" for m in args.methods) + " |")
+    print("| peak memory (MB) | " + " | ".join(f"{rows[m]['peak_mb']:.0f}" for m in args.methods) + " |")
+    print("| test acc (%) | " + " | ".join(f"{rows[m]['acc']:.2f}" for m in args.methods) + " |")
+    if len(args.methods) == 2:
+        first, second = (rows[m]["process"] for m in args.methods)
+        print(f"\n{args.methods[0]} / {args.methods[1]} process time: {first / second:.2f}x")
+    if args.matching:
+        print(flush=True)
+        subprocess.run([sys.executable, str(REPO / "scripts" / "bench_matching.py")], check=True)
+
+
+if __name__ == "__main__":
+    main()
