@@ -72,7 +72,8 @@ class InitConfig:
     # real (epsilon=inf only). kmeans and random_pool need a generator pool.
     name: str = "kmeans"
     # kmeans: cluster in the embedding of a ConvNet trained on the pool (pool_net, the
-    # paper's choice: semantic neighbours, not pixel neighbours) or in raw pixels (pixels).
+    # paper's choice: semantic neighbours, not pixel neighbours; network 0 of pool_nets) or
+    # in raw pixels (pixels).
     feature_space: str = "pool_net"
     # Images packed per side into each stored image: 1 = off, 2 = four half-size images
     # per stored image (the paper's factor 2); kmeans/random_pool only.
@@ -81,12 +82,6 @@ class InitConfig:
     kmeans_iters: int = 100
     # k-means restarts (best inertia kept): 3 removes most bad seeds at 3x the cost.
     kmeans_restarts: int = 3
-    # pool_net: epochs of the ConvNet trained on the pool (post-processing, free). Every
-    # pool epoch is paid by each CPU run; 15 gives a usable embedding for clustering.
-    net_epochs: int = 15
-    # pool_net: SGD lr and batch of that ConvNet, the evaluation protocol's values.
-    net_lr: float = 0.01
-    net_batch_size: int = 256
 
 
 @dataclass
@@ -189,9 +184,10 @@ class GeneratorConfig:
     cache: bool = True
     # null = $DPGD_CACHE_DIR or ~/.cache/dpgd/pools.
     cache_dir: Optional[str] = None
-    # Epochs of the ConvNet trained on the pool for the pool's test accuracy (reporting
-    # only, never used to select anything); 0 skips the report.
-    report_epochs: int = 10
+    # Report the pool: the test accuracy of pool network 0 (pool_nets; trained for this
+    # alone only when no stage needs it) and an image grid. Reporting only, never used to
+    # select anything; false skips it.
+    report: bool = True
     dp_merf: DpMerfConfig = field(default_factory=DpMerfConfig)
     dp_sgd: DpSgdConfig = field(default_factory=DpSgdConfig)
     pe: PeConfig = field(default_factory=PeConfig)
@@ -243,6 +239,21 @@ class NoiseScheduleConfig:
 
 
 @dataclass
+class PoolNetsConfig:
+    """The networks trained on the DP pool (dpgd.pool_networks), trained once per pool and
+    shared by matching's extractors, the k-means embedding, the expert and the report."""
+
+    # Independently seeded networks; matching draws from all of them (others use network 0).
+    count: int = 3
+    # Epochs on the pool (the evaluation protocol's SGD without DSA, constant lr).
+    epochs: int = 15
+    # Snapshots per network at evenly spaced epochs (early = generic, late = class-specific).
+    snapshots: int = 3
+    # Reuse networks trained on the same pool with the same settings (beside the pool cache).
+    cache: bool = True
+
+
+@dataclass
 class MatcherConfig:
     # dp_feature (NDPDC's DP feature matching: per iteration, Poisson-sample each class at
     # sample_rate, clip each real embedding to clip_norm, sum per class and add
@@ -262,11 +273,8 @@ class MatcherConfig:
     # pool_trained (networks trained on the DP-generated pool, DP-GenG; free by
     # post-processing; needs a generator) | random (a fresh ConvNet each iteration, NDPDC)
     extractors: str = "pool_trained"
-    # pool_trained: independently seeded networks, each kept at several checkpoints, so
-    # matching sees early (generic) and late (class-specific) features.
-    num_extractors: int = 3
-    extractor_epochs: int = 15
-    extractor_checkpoints: int = 3
+    # pool_trained: every snapshot of the pool networks (pool_nets), so matching sees early
+    # (generic) and late (class-specific) features.
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     # dp_feature: the noise multiplier across iterations (constant = NDPDC).
@@ -279,9 +287,7 @@ class ExpertConfig:
     # opacus, Poisson sampling at sample_rate, per-sample clip clip_norm; then used in the
     # alignment loss during matching) | none
     name: str = "dp_sgd"
-    # Pre-training on the pool: free (post-processing).
-    pretrain_epochs: int = 15
-    pretrain_lr: float = 0.01
+    # The expert starts from pool network 0 (pool_nets): pre-trained on the pool, free.
     # DP-SGD fine-tuning: Poisson rate, number of steps, per-sample clip, SGD step size.
     sample_rate: float = 0.05
     steps: int = 200
@@ -353,6 +359,8 @@ class TrainConfig:
     evaluation: EvaluationConfig = MISSING
     mia: MiaConfig = MISSING
     logger: LoggerConfig = MISSING
+    # Not a group (one option): the networks trained on the DP pool.
+    pool_nets: PoolNetsConfig = field(default_factory=PoolNetsConfig)
     # Total privacy budget (epsilon, delta) of the whole release; epsilon=inf is a
     # deliberately non-private run.
     epsilon: float = 1.0

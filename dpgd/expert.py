@@ -1,7 +1,7 @@
 """The DP expert and its alignment loss (the ``expert`` group; DP-GenG stage 5).
 
-The expert is a classifier pre-trained on the DP-generated pool (free: post-processing)
-and fine-tuned on the private train set with DP-SGD through opacus: Poisson sampling at
+The expert is a classifier pre-trained on the DP-generated pool (free: post-processing;
+it starts from pool network 0 of :mod:`dpgd.pool_networks`) and fine-tuned on the private train set with DP-SGD through opacus: Poisson sampling at
 rate q, per-sample gradients clipped to ``clip_norm``, Gaussian noise of std
 ``noise_multiplier * clip_norm`` added once per step by opacus's ``DPOptimizer``. Its
 ``steps`` releases at rate q are one :class:`~dpgd.privacy.SubsampledGaussian` record per
@@ -17,10 +17,11 @@ expert's soft prediction on the image), at temperature T, plus cross-entropy to 
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -39,8 +40,7 @@ from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 from dpgd.privacy.randomness import NoiseSource
 from dpgd.privacy.schedules import relative_pieces
 from dpgd.progress import progress_bar
-from dpgd.seeding import derive_seed, stage_generator
-from dpgd.training import POOL_RECIPE, test_accuracy, train_on_pool
+from dpgd.training import test_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,9 @@ class Expert:
 
 def train_expert(
     expert_cfg: Any,
-    model_cfg: Any,
-    pool_images: torch.Tensor,
-    pool_labels: torch.Tensor,
+    start: nn.Module,
     dataset: ImageDataset,
     noise_multiplier: float | Sequence[float] | None,
-    seed: int,
     device: torch.device,
     progress: bool = True,
     *,
@@ -108,7 +105,8 @@ def train_expert(
     counts: ClassCounts,
     releases: ReleaseLog | None = None,
 ) -> Expert:
-    """Pre-train on the pool, then DP-SGD fine-tune on ``dataset`` (no noise if multiplier is None).
+    """DP-SGD fine-tune a copy of ``start`` (pool network 0: pre-trained on the pool, free)
+    on ``dataset`` (no noise if multiplier is None).
 
     ``noise_multiplier`` None means a deliberately non-private run (``epsilon=inf``):
     gradients are still clipped, but no noise is added. A sequence gives the sigma of
@@ -122,16 +120,9 @@ def train_expert(
         if len(sigmas) != steps:
             raise ConfigError(f"the expert's noise schedule has {len(sigmas)} entries for expert.steps={steps}")
     started = time.perf_counter()
-    model = seeded_model(
-        model_cfg, dataset.channels, dataset.num_classes, dataset.image_size, derive_seed(seed, "expert", "init")
-    )
-    if expert_cfg.pretrain_epochs > 0:
-        train_on_pool(
-            model, pool_images, pool_labels, epochs=expert_cfg.pretrain_epochs,
-            recipe=replace(POOL_RECIPE, lr=expert_cfg.pretrain_lr),
-            generator=stage_generator(seed, "expert", "pretrain"), device=device, progress=progress,
-            desc="expert pretrain",
-        )
+    model = copy.deepcopy(start).to(device)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
     model.train()
     trainable = trainable_for_finetuning(model, expert_cfg.finetune)
     private = TensorDataset(dataset.train_images, dataset.train_labels)

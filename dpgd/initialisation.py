@@ -21,19 +21,16 @@ images hold ``ipc * m^2`` training images.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Optional, Protocol
 
 import numpy as np
 import torch
 
-from dpgd.config import InitConfig, ModelConfig
+from dpgd.config import InitConfig
 from dpgd.data import ImageDataset
 from dpgd.distilled import DistilledSet, pack_multi_formation
 from dpgd.errors import ConfigError
-from dpgd.models import seeded_model
 from dpgd.seeding import derive_seed, stage_generator
-from dpgd.training import POOL_RECIPE, train_on_pool
 
 INIT_NAMES = ("noise", "real", "kmeans", "random_pool")
 POOL_INITS = ("kmeans", "random_pool")
@@ -108,12 +105,12 @@ def initialise_from_pool(
     pool: Optional[PoolLike],
     dataset: ImageDataset,
     ipc: int,
-    model_cfg: ModelConfig,
-    device: torch.device,
     seed: int,
-    progress: bool = False,
+    embedding: Optional[torch.nn.Module] = None,
 ) -> DistilledSet:
     """``kmeans`` or ``random_pool``: ``ipc`` stored images per class drawn from ``pool``.
+
+    ``embedding`` is the network ``kmeans`` clusters in (``feature_space=pool_net``).
 
     Reads only the pool (DP output) and public settings: post-processing.
     """
@@ -139,7 +136,7 @@ def initialise_from_pool(
             for c in range(dataset.num_classes)
         ]
     else:
-        features = pool_features(init_cfg, pool, dataset, model_cfg, device, seed, progress)
+        features = pool_features(init_cfg, pool, embedding)
         picked = []
         for c in range(dataset.num_classes):
             index = torch.nonzero(pool.labels == c).flatten()
@@ -162,29 +159,17 @@ def _sklearn_seed(seed: int, label: int) -> int:
 def pool_features(
     init_cfg: InitConfig,
     pool: PoolLike,
-    dataset: ImageDataset,
-    model_cfg: ModelConfig,
-    device: torch.device,
-    seed: int,
-    progress: bool = False,
+    embedding: Optional[torch.nn.Module],
 ) -> torch.Tensor:
-    """Features the k-means runs in: pixels, or the embedding of a ConvNet trained on the pool."""
+    """Features the k-means runs in: pixels, or the embedding of a network trained on the
+    pool (``embedding``: pool network 0, :mod:`dpgd.pool_networks`)."""
     if init_cfg.feature_space == "pixels":
         return pool.images.flatten(1)
-    if init_cfg.net_epochs < 1:
-        raise ConfigError("init.net_epochs must be at least 1 for init.feature_space=pool_net.")
-    model = seeded_model(
-        model_cfg, dataset.channels, dataset.num_classes, dataset.image_size, derive_seed(seed, "init", "pool_net")
-    )
-    train_on_pool(
-        model, pool.images, pool.labels, epochs=init_cfg.net_epochs,
-        recipe=replace(POOL_RECIPE, lr=init_cfg.net_lr, batch_size=init_cfg.net_batch_size),
-        generator=stage_generator(seed, "init", "pool_net", "train"), device=device,
-        progress=progress, desc="init pool net",
-    )
-    model.eval()
+    if embedding is None:
+        raise ConfigError("init.feature_space=pool_net needs the pool networks (a generator).")
+    device = next(embedding.parameters()).device
     with torch.no_grad():
-        chunks = [model.embed(pool.images[s : s + EMBED_BATCH].to(device)).cpu()
+        chunks = [embedding.embed(pool.images[s : s + EMBED_BATCH].to(device)).cpu()
                   for s in range(0, pool.images.shape[0], EMBED_BATCH)]
     return torch.cat(chunks)
 

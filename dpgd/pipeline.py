@@ -32,10 +32,12 @@ from dpgd.distilled import DistilledSet
 from dpgd.errors import ConfigError
 from dpgd.expert import Expert, ExpertAlignment, pool_accuracy, train_expert
 from dpgd.generators import Pool, declare_pool, generate_pool, pool_report
+from dpgd.generators.cache import local_secret, resolve_cache_dir
 from dpgd.initialisation import POOL_INITS, check_init, initialise, initialise_from_pool
 from dpgd.matching import (
     ExtractorSource, LoopCheckpoint, MatchingStats, PoolTrainedExtractors, RandomExtractors, match,
 )
+from dpgd.pool_networks import PoolNetworks, train_pool_networks
 from dpgd.privacy import NoisePlan, PrivacyLedger, ReleaseLog, SubsampledGaussian, declare_planned
 from dpgd.privacy.randomness import NoiseSource
 from dpgd.seeding import stage_generator
@@ -186,23 +188,26 @@ def distill(
             else:
                 pool = Pool.from_payload(saved)
                 declare_pool(ledger, pool)
-        if metrics is not None:
-            report = ctx.load("pool_report")
-            if report is None:
-                report = pool_report(pool, dataset, cfg.model, device, cfg.seed, epochs=cfg.generator.report_epochs)
-                ctx.save("pool_report", report)
-            metrics["generate"] = {"pool_size": len(pool.labels), "pool_test_acc": report["pool_test_acc"]}
-            tracker.log("generate", {"pool_test_acc": report["pool_test_acc"] or float("nan"),
-                                     "pool_size": len(pool.labels)}, step=0)
-            if report["grid"] is not None:
-                tracker.log_images("generate/pool", report["grid"], report["grid_nrow"], "DP-generated pool")
+    networks = None
+    count = pool_networks_needed(cfg, report=metrics is not None)
+    if pool is not None and count:
+        with timer.stage("pool_nets"):
+            networks = build_pool_networks(cfg, dataset, pool, count, ctx)
+    if pool is not None and metrics is not None and cfg.generator.report:
+        report = pool_report(pool, dataset, None if networks is None else networks.final())
+        metrics["generate"] = {"pool_size": len(pool.labels), "pool_test_acc": report["pool_test_acc"]}
+        tracker.log("generate", {"pool_test_acc": report["pool_test_acc"] or float("nan"),
+                                 "pool_size": len(pool.labels)}, step=0)
+        if report["grid"] is not None:
+            tracker.log_images("generate/pool", report["grid"], report["grid_nrow"], "DP-generated pool")
 
     with timer.stage("init"):
         saved = ctx.load("init")
         if saved is not None:
             distilled = DistilledSet.from_payload(saved)
         elif cfg.init.name in POOL_INITS:
-            distilled = initialise_from_pool(cfg.init, pool, dataset, cfg.ipc, cfg.model, device, cfg.seed, progress)
+            distilled = initialise_from_pool(cfg.init, pool, dataset, cfg.ipc, cfg.seed,
+                                             embedding=None if networks is None else networks.final())
         else:
             distilled = initialise(cfg.init.name, dataset, cfg.ipc, cfg.epsilon, stage_generator(cfg.seed, "init"))
         if saved is None:
@@ -214,15 +219,17 @@ def distill(
     if cfg.expert.name != "none":
         assert pool is not None  # check_stage_combinations: an expert needs a generator
         with timer.stage("expert"):
-            alignment = build_alignment(cfg, dataset, pool, plan, ledger, ctx, counts=counts, metrics=metrics)
+            assert networks is not None  # pool_networks_needed: the expert starts from network 0
+            alignment = build_alignment(cfg, dataset, pool, networks, plan, ledger, ctx, counts=counts,
+                                        metrics=metrics)
 
     match_stats = None
     if cfg.matcher.name != "none":
         with timer.stage("match"):
             saved = ctx.load("match")
             if saved is None:
-                distilled, match_stats = run_matching(cfg, dataset, distilled, pool, alignment, plan, ledger, ctx,
-                                                      counts=counts)
+                distilled, match_stats = run_matching(cfg, dataset, distilled, networks, alignment, plan, ledger,
+                                                      ctx, counts=counts)
                 ctx.save("match", {**distilled.to_payload(), "stats": dataclasses.asdict(match_stats)})
                 ctx.discard("match_state")
             else:
@@ -233,6 +240,33 @@ def distill(
     return Release(distilled, counts, None if pool is None else bool(pool.info.get("cache_hit", False)), match_stats)
 
 
+def pool_networks_needed(cfg: TrainConfig, report: bool) -> int:
+    """How many pool networks the run uses: all for pool-trained extractors, network 0 for
+    the k-means embedding, the expert or the pool report, none without a pool."""
+    if cfg.generator.name == "none":
+        return 0
+    if cfg.matcher.name != "none" and cfg.matcher.extractors == "pool_trained":
+        return cfg.pool_nets.count
+    kmeans_embedding = cfg.init.name == "kmeans" and cfg.init.feature_space == "pool_net"
+    return int(cfg.expert.name != "none" or kmeans_embedding or (report and cfg.generator.report))
+
+
+def build_pool_networks(cfg: TrainConfig, dataset: ImageDataset, pool: Pool, count: int,
+                        ctx: RunContext) -> PoolNetworks:
+    """The run's pool networks: from its checkpoint, the cache beside the pool, or trained."""
+    saved = ctx.load("pool_nets")
+    if saved is not None and len(saved["snapshots"]) == count:
+        return PoolNetworks.from_payload(saved, cfg.model, dataset, ctx.device)
+    cache_dir = resolve_cache_dir(cfg.generator.cache_dir) if cfg.pool_nets.cache else None
+    networks = train_pool_networks(
+        cfg.pool_nets, count, cfg.model, pool.images, pool.labels, dataset, seed=ctx.seed, device=ctx.device,
+        cache_dir=cache_dir, cache_secret=None if cache_dir is None else local_secret(cache_dir),
+        progress=ctx.progress,
+    )
+    ctx.save("pool_nets", networks.to_payload())
+    return networks
+
+
 def redeclare_planned(ledger: PrivacyLedger, plan: NoisePlan | None, component: str) -> None:
     """A stage loaded from its checkpoint: declare the records it ran (none without a plan)."""
     if plan is not None and component in plan.multipliers:
@@ -240,7 +274,8 @@ def redeclare_planned(ledger: PrivacyLedger, plan: NoisePlan | None, component: 
 
 
 def build_alignment(
-    cfg: TrainConfig, dataset: ImageDataset, pool: Pool, plan: NoisePlan | None, ledger: PrivacyLedger,
+    cfg: TrainConfig, dataset: ImageDataset, pool: Pool, networks: PoolNetworks, plan: NoisePlan | None,
+    ledger: PrivacyLedger,
     ctx: RunContext, *, counts: ClassCounts, metrics: dict[str, Any] | None,
 ) -> ExpertAlignment:
     """Train the DP expert (declaring its DP-SGD to the ledger first) and build the loss."""
@@ -254,8 +289,8 @@ def build_alignment(
     saved = ctx.load("expert")
     if saved is None:
         releases = ReleaseLog("expert")
-        expert = train_expert(cfg.expert, cfg.model, pool.images, pool.labels, dataset, noise_multiplier,
-                              ctx.seed, ctx.device, ctx.progress, noise=ctx.noise, counts=counts, releases=releases)
+        expert = train_expert(cfg.expert, networks.final(), dataset, noise_multiplier, ctx.device, ctx.progress,
+                              noise=ctx.noise, counts=counts, releases=releases)
         releases.check(planned_records(plan, "expert"))
         accuracy = pool_accuracy(expert, dataset) if metrics is not None else None
         ctx.save("expert", {**expert.to_payload(), "test_acc": accuracy})
@@ -279,7 +314,7 @@ def run_matching(
     cfg: TrainConfig,
     dataset: ImageDataset,
     distilled: DistilledSet,
-    pool: Pool | None,
+    networks: PoolNetworks | None,
     alignment: ExpertAlignment | None,
     plan: NoisePlan | None,
     ledger: PrivacyLedger,
@@ -301,26 +336,16 @@ def run_matching(
                  cfg.matcher.sample_rate)
     pick = stage_generator(ctx.seed, "match", "extractors")
     if cfg.matcher.extractors == "pool_trained":
-        assert pool is not None  # check_stage_combinations: pool-trained extractors need a generator
-        saved = ctx.load("extractors")
-        if saved is None:
-            trained = PoolTrainedExtractors(
-                cfg.model, pool.images, pool.labels, dataset, num_extractors=cfg.matcher.num_extractors,
-                epochs=cfg.matcher.extractor_epochs, checkpoints=cfg.matcher.extractor_checkpoints, seed=ctx.seed,
-                generator=pick, device=ctx.device, progress=ctx.progress,
-            )
-            ctx.save("extractors", trained.to_payload())
-        else:
-            trained = PoolTrainedExtractors.from_payload(saved, cfg.model, dataset, pick, ctx.device)
-        extractors: ExtractorSource = trained
+        assert networks is not None  # check_stage_combinations: pool-trained extractors need a generator
+        extractors: ExtractorSource = PoolTrainedExtractors(networks.all_snapshots(), pick)
     else:  # random (check_stage_combinations refuses any other name)
         extractors = RandomExtractors(cfg.model, dataset.channels, dataset.num_classes, dataset.image_size, pick,
                                       ctx.device)
     log_every = max(1, cfg.matcher.iterations // 100)
 
-    def on_iteration(iteration: int, values: dict[str, float]) -> None:
+    def on_iteration(iteration: int, values: dict[str, float | torch.Tensor]) -> None:
         if iteration % log_every == 0 or iteration == cfg.matcher.iterations - 1:
-            ctx.tracker.log("match", values, step=iteration)
+            ctx.tracker.log("match", {key: float(value) for key, value in values.items()}, step=iteration)
 
     releases = ReleaseLog("matcher")
     augment = stage_generator(ctx.seed, "match", "augment")

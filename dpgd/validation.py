@@ -14,7 +14,7 @@ import torch
 from dpgd.config import TrainConfig
 from dpgd.errors import ConfigError
 from dpgd.initialisation import check_init
-from dpgd.matching.extractors import check_extractor_settings
+from dpgd.pool_networks import check_pool_nets_settings
 from dpgd.generators.pe_sources import check_source_settings
 from dpgd.privacy.schedules import relative_pieces
 
@@ -89,12 +89,11 @@ def check_stage_combinations(cfg: TrainConfig) -> None:
     if cfg.expert.name != "none" and cfg.generator.name == "none":
         raise ConfigError(f"expert={cfg.expert.name} is pre-trained on the generated pool; set a generator "
                           "(e.g. generator=dp_merf) or expert=none.")
-    if cfg.matcher.name != "none" and cfg.matcher.extractors == "pool_trained":
-        if cfg.generator.name == "none":
-            raise ConfigError("matcher.extractors=pool_trained needs a generated pool; set a generator or use "
-                              "matcher.extractors=random.")
-        m = cfg.matcher
-        check_extractor_settings(m.num_extractors, m.extractor_checkpoints, m.extractor_epochs)
+    if cfg.matcher.name != "none" and cfg.matcher.extractors == "pool_trained" and cfg.generator.name == "none":
+        raise ConfigError("matcher.extractors=pool_trained needs a generated pool; set a generator or use "
+                          "matcher.extractors=random.")
+    if cfg.generator.name != "none":
+        check_pool_nets_settings(cfg.pool_nets)
     # Noise schedules are judged even when no noise runs (epsilon=inf), so a typo never waits
     # for the first private run to show up.
     if cfg.expert.name != "none":

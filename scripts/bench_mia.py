@@ -38,7 +38,7 @@ DM = ["experiment=dm", "init=real", "matcher.iterations=100"]
 # DP-GenG shortened to ~15 s a run on one core (its defaults take minutes): fewer DP-MERF
 # steps, a smaller pool, shorter pool-net / expert training, 50 matching iterations.
 DPGENG = ["experiment=dpgeng", "epsilon=1", "matcher.iterations=50", "generator.dp_merf.steps=150",
-          "generator.pool_per_class=100", "init.net_epochs=10", "expert.pretrain_epochs=10", "expert.steps=100"]
+          "generator.pool_per_class=100", "pool_nets.epochs=10", "expert.steps=100"]
 REST = "mia.include_rest=true"  # the release's scale: members + the 1037 records outside the population
 METHODS = [
     ("leaky baseline (real images, eps=inf)", ["experiment=leaky_baseline"]),

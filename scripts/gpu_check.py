@@ -32,17 +32,16 @@ SIZE = 32
 # Shortened paper_cifar10 (the preset's protocol, smaller counts): minutes on one GPU.
 SHORT = [
     "mia=none", "logger=none", "evaluation.runs=2", "evaluation.epochs=300",
-    "matcher.iterations=500", "matcher.num_extractors=2", "matcher.extractor_epochs=10",
-    "matcher.extractor_checkpoints=2", "generator.pool_per_class=400", "generator.dp_merf.steps=500",
-    "generator.report_epochs=10", "init.net_epochs=10", "expert.pretrain_epochs=10", "expert.steps=100",
+    "matcher.iterations=500", "pool_nets.count=2", "pool_nets.epochs=10",
+    "pool_nets.snapshots=2", "generator.pool_per_class=400", "generator.dp_merf.steps=500", "expert.steps=100",
     "expert.sample_rate=0.1", "matcher.noise_schedule.kind=exponential",
 ]
 # --tiny: a smoke test that only proves every stage runs (CPU: a few minutes on 2 cores).
 TINY = [
-    "ipc=4", "evaluation.runs=1", "evaluation.epochs=5", "matcher.iterations=10", "matcher.num_extractors=1",
-    "matcher.extractor_epochs=1", "matcher.extractor_checkpoints=1", "generator.pool_per_class=20",
-    "generator.dp_merf.steps=10", "generator.dp_merf.num_features=200", "generator.report_epochs=0",
-    "init.net_epochs=1", "init.kmeans_restarts=1", "expert.pretrain_epochs=1", "expert.steps=5",
+    "ipc=4", "evaluation.runs=1", "evaluation.epochs=5", "matcher.iterations=10", "pool_nets.count=1",
+    "pool_nets.epochs=1", "pool_nets.snapshots=1", "generator.pool_per_class=20",
+    "generator.dp_merf.steps=10", "generator.dp_merf.num_features=200", "generator.report=false",
+    "init.kmeans_restarts=1", "expert.steps=5",
     "expert.reference_per_class=10", "model.width=32",
 ]
 

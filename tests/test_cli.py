@@ -42,8 +42,8 @@ def only_run_dir(root: Path) -> Path:
 QUICK = ["matcher.iterations=20", "evaluation.epochs=30", "evaluation.runs=1"]
 # The default method (DP-GenG) shortened stage by stage; the full default is timed by hand.
 QUICK_DPGENG = [
-    *QUICK, "generator.dp_merf.steps=100", "generator.pool_per_class=50", "generator.report_epochs=2",
-    "init.net_epochs=3", "expert.pretrain_epochs=3", "expert.steps=30", "matcher.extractor_epochs=3",
+    *QUICK, "generator.dp_merf.steps=100", "generator.pool_per_class=50", "pool_nets.epochs=3",
+    "expert.steps=30",
 ]
 
 

@@ -9,7 +9,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from dpgd.config import GeneratorConfig, ModelConfig
+from dpgd.config import GeneratorConfig, ModelConfig, PoolNetsConfig
+from dpgd.pool_networks import train_pool_networks
 from dpgd.errors import ConfigError
 from dpgd.generators import GENERATOR_COMPONENT, Pool, build_generator, generate_pool, pool_report, privacy_request
 from dpgd.generators import dp_merf, pe
@@ -38,7 +39,7 @@ def public_folder(tmp_path_factory, digits) -> Path:
 
 
 def gen_cfg(name: str, pool_per_class: int = 20, **sections):
-    cfg = OmegaConf.structured(GeneratorConfig(name=name, pool_per_class=pool_per_class, report_epochs=0))
+    cfg = OmegaConf.structured(GeneratorConfig(name=name, pool_per_class=pool_per_class))
     for key, value in sections.items():
         section, option = key.split("__")
         cfg[section][option] = value
@@ -114,7 +115,9 @@ def test_dp_merf_at_large_epsilon_trains_a_classifier(digits, dp_inputs) -> None
     # cheap settings 9 (generator seed, report seed) pairs measured 73.6-79.7%; chance is 10%.
     cfg = gen_cfg("dp_merf", pool_per_class=50, dp_merf__steps=150, dp_merf__batch_per_class=16)
     pool = build_generator(cfg, progress=False).fit_and_sample(digits, 0.05, 0, CPU, **dp_inputs)
-    report = pool_report(pool, digits, ModelConfig(width=32), CPU, seed=0, epochs=20)
+    networks = train_pool_networks(PoolNetsConfig(epochs=20, snapshots=1, cache=False), 1, ModelConfig(width=32),
+                                   pool.images, pool.labels, digits, seed=0, device=CPU, cache_dir=None, progress=False)
+    report = pool_report(pool, digits, networks.final())
     assert report["pool_test_acc"] > 55.0
     assert report["grid"].shape == (100, 1, 8, 8) and report["grid_nrow"] == 10
     assert 0.0 <= float(report["grid"].min()) and float(report["grid"].max()) <= 1.0
@@ -251,7 +254,7 @@ def test_generate_pool_guards(digits, tmp_path, dp_inputs) -> None:
 
     real = generate_pool(gen_cfg("real"), digits, None, ledger, **stage(private=False), **dp_inputs)
     assert real.images.shape == digits.train_images.shape and not real.synthetic and len(ledger) == 0
-    report = pool_report(real, digits, ModelConfig(width=16), CPU, seed=0, epochs=0)
+    report = pool_report(real, digits, None)
     assert report["grid"] is None and report["pool_test_acc"] is None  # private images are never logged
 
 

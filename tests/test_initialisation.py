@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
-from dpgd.config import InitConfig, ModelConfig
+from dpgd.config import InitConfig, ModelConfig, PoolNetsConfig
 from dpgd.errors import ConfigError
 from dpgd.generators import Pool
 from dpgd.distilled import DistilledSet, expand_multi_formation, pack_multi_formation
 from dpgd.initialisation import check_init, initialise, initialise_from_pool, kmeans_nearest
+from dpgd.pool_networks import train_pool_networks
 
 CPU = torch.device("cpu")
 
@@ -56,14 +57,16 @@ def test_noise_and_real_keep_their_behaviour(digits) -> None:
 
 @pytest.mark.parametrize("feature_space", ["pixels", "pool_net"])
 def test_kmeans_keeps_distinct_pool_images_per_class(digits, pool, feature_space) -> None:
-    cfg = InitConfig(name="kmeans", feature_space=feature_space, net_epochs=3, kmeans_restarts=1)
-    distilled = initialise_from_pool(cfg, pool, digits, 5, SMALL_NET, CPU, seed=0)
+    cfg = InitConfig(name="kmeans", feature_space=feature_space, kmeans_restarts=1)
+    embedding = train_pool_networks(PoolNetsConfig(epochs=3, snapshots=1, cache=False), 1, SMALL_NET, pool.images,
+                                    pool.labels, digits, seed=0, device=CPU, cache_dir=None, progress=False).final()
+    distilled = initialise_from_pool(cfg, pool, digits, 5, seed=0, embedding=embedding)
     assert distilled.images.shape == (50, 1, 8, 8) and distilled.factor == 1
     assert distilled.labels.tolist() == [c for c in range(10) for _ in range(5)]
     rows = pool_rows(pool, distilled.images)
     assert -1 not in rows and len(set(rows)) == 50
     assert pool.labels[rows].tolist() == distilled.labels.tolist()
-    again = initialise_from_pool(cfg, pool, digits, 5, SMALL_NET, CPU, seed=0)
+    again = initialise_from_pool(cfg, pool, digits, 5, seed=0, embedding=embedding)
     torch.testing.assert_close(again.images, distilled.images)  # reproducible from the seed
 
 
@@ -78,7 +81,7 @@ def test_kmeans_nearest_picks_one_row_per_cluster() -> None:
 
 
 def test_random_pool_picks_distinct_pool_images(digits, pool) -> None:
-    distilled = initialise_from_pool(InitConfig(name="random_pool"), pool, digits, 4, SMALL_NET, CPU, seed=1)
+    distilled = initialise_from_pool(InitConfig(name="random_pool"), pool, digits, 4, seed=1)
     rows = pool_rows(pool, distilled.images)
     assert -1 not in rows and len(set(rows)) == 40
     assert pool.labels[rows].tolist() == distilled.labels.tolist()
@@ -86,7 +89,7 @@ def test_random_pool_picks_distinct_pool_images(digits, pool) -> None:
 
 def test_multi_formation_packs_and_expands(digits, pool) -> None:
     cfg = InitConfig(name="kmeans", feature_space="pixels", multi_formation=2, kmeans_restarts=1)
-    distilled = initialise_from_pool(cfg, pool, digits, 3, SMALL_NET, CPU, seed=0)
+    distilled = initialise_from_pool(cfg, pool, digits, 3, seed=0)
     assert distilled.images.shape == (30, 1, 8, 8) and distilled.factor == 2
     images, labels = distilled.expanded()
     assert images.shape == (120, 1, 8, 8)
@@ -111,11 +114,11 @@ def test_multi_formation_packs_and_expands(digits, pool) -> None:
 
 def test_pool_inits_refuse_bad_settings(digits, pool) -> None:
     with pytest.raises(ConfigError, match="generator=dp_merf"):
-        initialise_from_pool(InitConfig(name="kmeans"), None, digits, 2, SMALL_NET, CPU, seed=0)
+        initialise_from_pool(InitConfig(name="kmeans"), None, digits, 2, seed=0)
     with pytest.raises(ConfigError, match="generator=dp_merf"):
         check_init(InitConfig(name="kmeans"), "none")
     with pytest.raises(ConfigError, match="pool_per_class"):
-        initialise_from_pool(InitConfig(name="random_pool", multi_formation=2), pool, digits, 20, SMALL_NET, CPU, 0)
+        initialise_from_pool(InitConfig(name="random_pool", multi_formation=2), pool, digits, 20, seed=0)
     with pytest.raises(ConfigError, match="divide"):
         check_init(InitConfig(name="kmeans", multi_formation=3), "dp_merf", digits.image_size)
     with pytest.raises(ConfigError, match="kmeans/random_pool only"):
@@ -123,7 +126,7 @@ def test_pool_inits_refuse_bad_settings(digits, pool) -> None:
     with pytest.raises(ConfigError, match="feature_space"):
         check_init(InitConfig(name="kmeans", feature_space="clip"), "dp_merf")
     with pytest.raises(ConfigError, match="does not use a pool"):
-        initialise_from_pool(InitConfig(name="noise"), pool, digits, 2, SMALL_NET, CPU, seed=0)
+        initialise_from_pool(InitConfig(name="noise"), pool, digits, 2, seed=0)
     check_init(InitConfig(name="random_pool", multi_formation=2), "dp_merf", digits.image_size)
 
 

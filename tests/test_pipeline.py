@@ -112,7 +112,7 @@ def test_impossible_plan_stops_before_reading_data(tmp_path, monkeypatch, compos
         (["generator=none", "init=noise", "budget.generator=0", "budget.expert=0.5", "budget.matcher=0.5"],
          "expert=dp_sgd is pre-trained on the generated pool"),
         (["generator=none", "init=noise", "expert=none", "budget=ndpdc"], "pool_trained needs a generated pool"),
-        (["matcher.extractor_epochs=2"], "extractor_epochs >= extractor_checkpoints"),
+        (["pool_nets.epochs=2"], "epochs >= snapshots"),
     ],
 )
 def test_bad_settings_are_refused_before_any_stage(tmp_path, compose, overrides, message, monkeypatch):

@@ -138,12 +138,14 @@ def test_expert_dp_sgd_draws_masks_and_noise_from_the_noise_source(digits, dp_in
     from dpgd.config import ExpertConfig, ModelConfig
     from dpgd.expert import train_expert
 
-    cfg = OmegaConf.structured(ExpertConfig(name="dp_sgd", pretrain_epochs=0, steps=3, sample_rate=0.05))
-    model_cfg = OmegaConf.structured(ModelConfig(width=8))
+    from dpgd.models import seeded_model
+
+    cfg = OmegaConf.structured(ExpertConfig(name="dp_sgd", steps=3, sample_rate=0.05))
+    start = seeded_model(ModelConfig(width=8), digits.channels, digits.num_classes, digits.image_size, 0)
 
     def weights(noise):
-        expert = train_expert(cfg, model_cfg, digits.train_images[:20], digits.train_labels[:20], digits, 2.0, 0,
-                              torch.device("cpu"), progress=False, noise=noise, counts=dp_inputs["counts"])
+        expert = train_expert(cfg, start, digits, 2.0, torch.device("cpu"), progress=False, noise=noise,
+                              counts=dp_inputs["counts"])
         return torch.cat([p.flatten() for p in expert.model.parameters()])
 
     assert not torch.equal(weights(NoiseSource.secret()), weights(NoiseSource.secret()))

@@ -26,8 +26,8 @@ from dpgd.errors import ConfigError
 from dpgd.privacy.randomness import NoiseSource
 
 # Tiny digits DP-GenG (every stage runs) with enough iterations for several saved states.
-TINY = ["debug=tiny", "logger=none", "matcher.iterations=30", "checkpoint_every=7", "generator.report_epochs=1",
-        "generator.cache=false"]
+TINY = ["debug=tiny", "logger=none", "matcher.iterations=30", "checkpoint_every=7", "generator.cache=false",
+        "pool_nets.cache=false"]
 REPRODUCIBLE = [*TINY, "reproducible_noise=true"]
 
 
@@ -158,7 +158,7 @@ def test_a_resumed_run_logs_into_the_same_wandb_run(compose, tmp_path, interrupt
 # --- a real kill ----------------------------------------------------------------------
 
 KILL_RUN = ["debug=tiny", "logger=none", "reproducible_noise=true", "matcher.iterations=400", "checkpoint_every=20",
-            "generator.cache=false"]
+            "generator.cache=false", "pool_nets.cache=false"]
 
 
 @pytest.mark.slow

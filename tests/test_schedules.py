@@ -143,11 +143,12 @@ def test_expert_sets_the_optimiser_sigma_every_step(monkeypatch):
         return real_add_noise(self)
 
     monkeypatch.setattr(DPOptimizer, "add_noise", spy)
-    expert_cfg = OmegaConf.structured(ExpertConfig(name="dp_sgd", pretrain_epochs=0, steps=5, sample_rate=0.2))
+    from dpgd.models import seeded_model
+
+    expert_cfg = OmegaConf.structured(ExpertConfig(name="dp_sgd", steps=5, sample_rate=0.2))
     sigmas = [5.0, 4.0, 3.0, 2.0, 1.0]
-    train_expert(expert_cfg, OmegaConf.structured(ModelConfig(width=8)), dataset.train_images[:10],
-                 dataset.train_labels[:10], dataset, sigmas, 0, torch.device("cpu"), progress=False,
-                 **dp_inputs_for(dataset))
+    start = seeded_model(ModelConfig(width=8), dataset.channels, dataset.num_classes, dataset.image_size, 0)
+    train_expert(expert_cfg, start, dataset, sigmas, torch.device("cpu"), progress=False, **dp_inputs_for(dataset))
     assert seen == sigmas
 
 
@@ -176,17 +177,20 @@ def test_head_finetuning_changes_only_the_classifier_and_still_adds_noise(monkey
     from dpgd.expert import train_expert
 
     dataset = load_dataset(DatasetConfig(name="digits", max_train_per_class=20))
+    from dpgd.config import PoolNetsConfig
+    from dpgd.pool_networks import train_pool_networks
+
     pool_images, pool_labels = dataset.train_images[:50], dataset.train_labels[:50]
-    model_cfg = OmegaConf.structured(ModelConfig(width=8))
+    start = train_pool_networks(PoolNetsConfig(epochs=1, snapshots=1, cache=False), 1, ModelConfig(width=8),
+                                pool_images, pool_labels, dataset, seed=0, device=torch.device("cpu"),
+                                cache_dir=None, progress=False).final()
     noisy_steps = []
     real_add_noise = DPOptimizer.add_noise
     monkeypatch.setattr(DPOptimizer, "add_noise", lambda self: (noisy_steps.append(self.noise_multiplier), real_add_noise(self)))
 
     def expert(finetune: str, steps: int):
-        cfg = OmegaConf.structured(ExpertConfig(name="dp_sgd", pretrain_epochs=1, steps=steps, sample_rate=0.2,
-                                                finetune=finetune))
-        return train_expert(cfg, model_cfg, pool_images, pool_labels, dataset, 2.0, 0, torch.device("cpu"),
-                            progress=False, **dp_inputs_for(dataset))
+        cfg = OmegaConf.structured(ExpertConfig(name="dp_sgd", steps=steps, sample_rate=0.2, finetune=finetune))
+        return train_expert(cfg, start, dataset, 2.0, torch.device("cpu"), progress=False, **dp_inputs_for(dataset))
 
     pretrained = expert("head", 0).model.state_dict()
     head = expert("head", 4)

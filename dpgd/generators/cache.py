@@ -14,7 +14,7 @@ Key: sha256 of the JSON of
   images and labels under the cache folder's local secret (see below);
 * ``generator``: the generator's name, ``pool_per_class`` and ITS OWN settings section
   (:func:`key_settings`). Settings of other generators, ``cache``/``cache_dir`` and
-  ``report_epochs`` are not in the key: they do not change the pool;
+  ``report`` are not in the key: they do not change the pool;
 * ``noise_multiplier`` (every bit of the float) and ``seed``;
 * ``noise_mode``: where the DP noise comes from, e.g. ``"secret"`` (fresh secret per-run
   randomness: DP) or ``"reproducible"`` (noise derived from the public seed: NOT DP). A

@@ -6,19 +6,19 @@ then is the generator fitted (or its cached pool loaded). A run that reuses a ca
 declares the same records: the pool was built from the private data, so the release it
 feeds is accounted for whether or not this process fitted it.
 
-:func:`pool_report` measures the pool for the logs only (test accuracy of a ConvNet
-trained on it, and an image grid): nothing is selected on it.
+:func:`pool_report` measures the pool for the logs only (test accuracy of pool network 0,
+a ConvNet trained on the pool alone, and an image grid): nothing is selected on it.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import torch
+import torch.nn as nn
 
-from dpgd.config import GeneratorConfig, ModelConfig
+from dpgd.config import GeneratorConfig
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
@@ -27,18 +27,13 @@ from dpgd.generators.cache import (
     cache_key, cache_path, keyed_fingerprint, load_pool, local_secret, resolve_cache_dir, save_pool,
 )
 from dpgd.generators.registry import build_generator
-from dpgd.models import seeded_model
 from dpgd.privacy import PrivacyLedger
 from dpgd.privacy.components import ReleaseLog
 from dpgd.privacy.randomness import NoiseSource
-from dpgd.seeding import derive_seed, stage_generator
-from dpgd.training import test_accuracy, train_on_pool
+from dpgd.training import test_accuracy
 
 log = logging.getLogger("dpgd")
 
-# The pool's train-on-synthetic accuracy (reporting only) trains under POOL_RECIPE: the
-# evaluation's SGD settings without DSA, so the number is cheap and measures the pool, not
-# augmentation.
 REPORT_TEST_BATCH = 2048
 # Images per class in the logged pool grid.
 GRID_PER_CLASS = 10
@@ -129,34 +124,16 @@ def declare_pool(ledger: PrivacyLedger, pool: Pool) -> None:
         ledger.declare(mechanism, pool.info.get("release_id"))
 
 
-def pool_report(
-    pool: Pool,
-    dataset: ImageDataset,
-    model_cfg: ModelConfig,
-    device: torch.device,
-    seed: int,
-    epochs: int = 30,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Test accuracy (percent) of a fresh network trained on the pool, and a pool grid.
+def pool_report(pool: Pool, dataset: ImageDataset, network: nn.Module | None) -> dict[str, Any]:
+    """Test accuracy (percent) of pool network 0 (``network``, trained on the pool only), and
+    a pool grid.
 
-    Keys: ``pool_test_acc`` (None when ``epochs`` is 0), ``pool_size``, ``report_seconds``,
-    ``grid`` ((K * n, C, H, W) in [0, 1], ``n`` images per class, class-major; None for a
-    pool of private images) and ``grid_nrow`` (= n). Reporting only: never select on it.
+    Keys: ``pool_test_acc`` (None without a network), ``pool_size``, ``grid`` ((K * n, C, H,
+    W) in [0, 1], ``n`` images per class, class-major; None for a pool of private images)
+    and ``grid_nrow`` (= n). Reporting only: never select on it.
     """
-    started = time.perf_counter()
-    accuracy = None
-    if epochs > 0:
-        model = seeded_model(
-            model_cfg, dataset.channels, dataset.num_classes, dataset.image_size,
-            derive_seed(seed, "pool_report", "init"),
-        )
-        train_on_pool(
-            model, pool.images, pool.labels, epochs=int(epochs),
-            generator=stage_generator(seed, "pool_report", "train"), device=device, progress=progress,
-            desc="pool report",
-        )
-        accuracy = test_accuracy(model, dataset.test_images, dataset.test_labels, REPORT_TEST_BATCH)
+    accuracy = None if network is None else test_accuracy(network, dataset.test_images, dataset.test_labels,
+                                                          REPORT_TEST_BATCH)
     grid, nrow = None, 0
     if pool.synthetic:
         counts = pool.class_counts(dataset.num_classes)
@@ -167,7 +144,6 @@ def pool_report(
     return {
         "pool_test_acc": accuracy,
         "pool_size": len(pool),
-        "report_seconds": round(time.perf_counter() - started, 3),
         "grid": grid,
         "grid_nrow": nrow,
     }

@@ -160,7 +160,7 @@ def match(
     generator: torch.Generator,
     noise_generator: torch.Generator,
     device: torch.device,
-    on_iteration: Callable[[int, dict[str, float]], None] | None = None,
+    on_iteration: Callable[[int, dict[str, float | torch.Tensor]], None] | None = None,
     progress: bool = True,
     factor: int = 1,
     extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -177,9 +177,10 @@ def match(
     (the Poisson masks) and ``noise_generator``, both from the run's secret noise source, and
     ``counts`` (the released class counts); ``generator`` draws only public randomness (DSA,
     DM's batches). Each release is recorded in ``releases`` (checked by the caller against
-    the declared records). The sigma of each iteration is reported to
-    ``on_iteration`` under ``"sigma"``. With multi-formation ``factor`` > 1 the stored images are unpacked
-    (differentiably) before embedding. ``extra_loss(images, labels)`` (the expert
+    the declared records). The sigma of each iteration is reported to ``on_iteration``
+    under ``"sigma"``, the losses as 0-dim tensors (``float()`` only what is logged). With
+    multi-formation ``factor`` > 1 the stored images are unpacked (differentiably) before
+    embedding. ``extra_loss(images, labels)`` (the expert
     alignment) is added to the matching loss; it must use no private data. ``checkpoint``
     saves the loop's state periodically and resumes from a saved one. Returns the
     optimised stored images (detached, on CPU) and statistics.
@@ -211,7 +212,6 @@ def match(
     real_seen_before = real_seen
     _synchronize(device)  # time the loop alone on CUDA (one sync before and after, none inside)
     start = time.perf_counter()
-    loss_value = float("nan")
     bar = progress_bar(range(first_iteration, matcher_cfg.iterations), desc=f"match ({name})",
                        disable=not progress, leave=False)
     for iteration in bar:
@@ -233,18 +233,19 @@ def match(
         if target.synthetic_clip_norm is not None:
             syn_emb = clip_rows(syn_emb, target.synthetic_clip_norm)
         loss = ((class_means(syn_emb, syn_full_labels, num_classes) - class_target) ** 2).sum()
-        metrics = {"match_loss": float(loss.detach()), **target_metrics}
+        # Losses stay 0-dim device tensors: converting them here would make every iteration
+        # wait for the device (a host sync); the consumer converts the ones it logs.
+        metrics: dict[str, float | torch.Tensor] = {"match_loss": loss.detach(), **target_metrics}
         if extra_loss is not None:
             aligned = extra_loss(syn_full, syn_full_labels)
-            metrics["align_loss"] = float(aligned.detach())
+            metrics["align_loss"] = aligned.detach()
             loss = loss + aligned
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        loss_value = float(loss.detach())
         if on_iteration is not None:
             # Only values computed from DP outputs: never the (private) Poisson batch size.
-            on_iteration(iteration, {"loss": loss_value, **metrics})
+            on_iteration(iteration, {"loss": loss.detach(), **metrics})
         done = iteration + 1
         if checkpoint is not None and done % checkpoint.every == 0 and done < matcher_cfg.iterations:
             checkpoint.save({

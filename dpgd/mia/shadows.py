@@ -101,14 +101,16 @@ def run_seed(context: ShadowContext, run: int) -> int:
 
 
 def run_config(context: ShadowContext, run: int) -> TrainConfig:
-    """The target config with this run's seed, and no pool caching or pool report.
+    """The target config with this run's seed, and no pool (or pool network) caching or
+    pool report.
 
     A shadow's pool is fitted on its member subset and never reused, so caching it would
     only fill the user's pool cache; the pool report is reporting, not release.
     """
     cfg = context.config
-    generator = dataclasses.replace(cfg.generator, cache=False, report_epochs=0)
-    return dataclasses.replace(cfg, seed=run_seed(context, run), generator=generator)
+    generator = dataclasses.replace(cfg.generator, cache=False, report=False)
+    pool_nets = dataclasses.replace(cfg.pool_nets, cache=False)
+    return dataclasses.replace(cfg, seed=run_seed(context, run), generator=generator, pool_nets=pool_nets)
 
 
 def member_dataset(context: ShadowContext, membership: torch.Tensor) -> ImageDataset:
