@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("plan", "data", "counts", "generate", "init", "expert", "match", "eval")
+STAGES = ("plan", "data", "counts", "generate", "pool_nets", "init", "expert", "match", "eval")
 
 
 def dpgd_command() -> list[str]:
