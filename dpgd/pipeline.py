@@ -1,4 +1,5 @@
-"""The release pipeline: class counts -> DP generation -> initialisation -> DP expert -> matching.
+"""The release pipeline: class counts -> DP generation -> pool networks -> initialisation ->
+DP expert -> matching.
 
 :func:`distill` turns a private data set into a distilled set under a noise plan, declaring
 every DP mechanism to the run's ledger before it runs. ``train.run`` calls it once; the
@@ -156,7 +157,7 @@ def distill(
 
     ``noise`` defaults to :func:`run_noise` (a fresh secret for a private run). ``metrics``
     (if given) receives per-stage figures computed from DP outputs and public data only; the
-    pool report (a network trained on the pool, tested on the public test set) runs only then.
+    pool report (pool network 0 tested on the public test set) runs only then.
     ``checkpoints`` (the run folder's, :mod:`dpgd.checkpoints`) saves each stage's output as
     it finishes and supplies those of an earlier, interrupted process of the same run: a
     stage found there is loaded and re-declares its records instead of running.

@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from dpgd import results as artifacts
+from dpgd.allocator import tune_for_training
 from dpgd.budget import plan_run
 from dpgd.checkpoints import RunCheckpoints
 from dpgd.config import TrainConfig, plain, register_configs, typed
@@ -85,6 +86,7 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str = "dpg
     once; every stage below reads typed fields.
     """
     cfg = typed(config)
+    tune_for_training()  # glibc: keep freed training memory (dpgd.allocator: ~2x on CPU training loops)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     check_config(cfg)

@@ -1,0 +1,22 @@
+"""The glibc malloc settings (dpgd.allocator): applied on Linux/glibc, never over the user's."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+CHECK = "from dpgd.allocator import tune_for_training as t; print(t(), t())"
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_applied_once_and_user_settings_win():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    ours = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, check=True)
+    assert ours.stdout.split() == ["True", "True"]
+    theirs = subprocess.run([sys.executable, "-c", CHECK], env={**env, "MALLOC_TOP_PAD_": "0"}, capture_output=True,
+                            text=True, check=True)
+    assert theirs.stdout.split() == ["False", "False"]
