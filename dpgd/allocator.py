@@ -3,12 +3,21 @@
 By default glibc serves every allocation above a dynamic threshold (at most 32 MB) with a
 fresh ``mmap`` and unmaps it on free, and gives the top of the heap back to the system as
 soon as 128 KB of it are free. A training step of the dataset-distillation ConvNet (width
-128) on 100 CIFAR-sized images allocates and frees activations of tens of MB, so every
-step page-faults and zeroes that memory again. Keeping it (trim threshold 2 GB, top pad
-1 GB, a fixed 32 MB mmap threshold) measured, on 2 cores: a 30-epoch evaluation of 100
-images 8.3 s -> 4.3 s (repeats: 8.0-8.8 vs 4.2-4.6 s), peak RSS 1.82 -> 1.95 GB. The same effect
-made DP-GenG's evaluation twice as fast as NDPDC's before (its earlier stages had grown
-the heap).
+128) on 100 CIFAR-sized images allocates and frees activations of tens of MB (opacus's
+per-sample gradients: hundreds), so every step page-faults and zeroes that memory again.
+``cpu_allocator`` chooses (measured on 2 cores, cifar10-mini, default DP-GenG run, process
+seconds / peak RSS; glibc defaults: 1022 s / 3.4 GB):
+
+* ``balanced`` (default): keep freed heap memory (trim threshold 2 GB, top pad 1 GB, a fixed
+  32 MB mmap threshold): 816 s / 4.0 GB (NDPDC 297 s / 2.0 GB -> 219 s / 2.8 GB); a
+  30-epoch evaluation of 100 CIFAR-size images 8.0-8.8 s -> 4.2-4.6 s.
+* ``fast``: also serve the large blocks from the heap (mmap threshold 2 GB): 492 s / 10.6 GB.
+  For machines with memory to spare; fragmentation makes the heap grow.
+* ``system``: glibc's defaults.
+
+The same effect made DP-GenG's evaluation up to twice as fast as NDPDC's before (its
+earlier stages had grown the heap). The stage timings of those runs include the pool-network
+change of the same issue (14).
 
 Applied once per process by :func:`tune_for_training` (``train.run`` calls it). Linux
 with glibc only; a user's own ``MALLOC_*_`` environment settings win.
@@ -21,21 +30,31 @@ import logging
 import os
 import platform
 
+from dpgd.errors import ConfigError
+
 log = logging.getLogger("dpgd")
 
-# mallopt parameter numbers (glibc malloc.h) and the values chosen above.
-_SETTINGS = {"M_TRIM_THRESHOLD": (-1, 2**31 - 1), "M_TOP_PAD": (-2, 2**30), "M_MMAP_THRESHOLD": (-3, 32 * 2**20)}
+# mallopt parameter numbers (glibc malloc.h): M_TRIM_THRESHOLD -1, M_TOP_PAD -2,
+# M_MMAP_THRESHOLD -3; the values of each choice above.
+_SETTINGS = {
+    "balanced": {-1: 2**31 - 1, -2: 2**30, -3: 32 * 2**20},
+    "fast": {-1: 2**31 - 1, -3: 2**31 - 1},
+    "system": {},
+}
+CHOICES = tuple(_SETTINGS)
 _ENVIRONMENT = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_")
 _applied: bool | None = None
 
 
-def tune_for_training() -> bool:
-    """Set the glibc malloc parameters above (once); True if they are in effect."""
+def tune_for_training(choice: str = "balanced") -> bool:
+    """Apply one of :data:`CHOICES` (the first call in a process decides); True if in effect."""
     global _applied
+    if choice not in _SETTINGS:
+        raise ConfigError(f"cpu_allocator={choice} is unknown; choose one of {', '.join(CHOICES)}.")
     if _applied is not None:
         return _applied
     _applied = False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _SETTINGS[choice] or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     if any(name in os.environ for name in _ENVIRONMENT):
         return False  # the user tuned malloc: leave it
@@ -44,7 +63,7 @@ def tune_for_training() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    _applied = all(mallopt(number, value) == 1 for number, value in _SETTINGS.values())
+    _applied = all(mallopt(number, value) == 1 for number, value in _SETTINGS[choice].items())
     if not _applied:
         log.debug("glibc mallopt refused a setting; allocator left as it was")
     return _applied

@@ -48,7 +48,7 @@ _FORMAT = "dpgd.run_state"
 _VERSION = 1
 # Config keys a rerun may change: they do not touch what is released (tracking; the attack,
 # which is evaluation and runs after the release; how often state is saved).
-RESUME_FREE_KEYS = ("logger", "mia", "resume", "checkpoint_every")
+RESUME_FREE_KEYS = ("logger", "mia", "resume", "checkpoint_every", "cpu_allocator", "device")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

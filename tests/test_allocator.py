@@ -20,3 +20,11 @@ def test_applied_once_and_user_settings_win():
     theirs = subprocess.run([sys.executable, "-c", CHECK], env={**env, "MALLOC_TOP_PAD_": "0"}, capture_output=True,
                             text=True, check=True)
     assert theirs.stdout.split() == ["False", "False"]
+
+
+def test_an_unknown_choice_is_refused(compose, tmp_path):
+    import dpgd.train as train
+    from dpgd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cpu_allocator=bogus is unknown"):
+        train.run(compose("logger=none", "cpu_allocator=bogus"), tmp_path)
