@@ -13,6 +13,7 @@ import random
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -163,12 +164,10 @@ KILL_RUN = ["debug=tiny", "logger=none", "reproducible_noise=true", "matcher.ite
 
 @pytest.mark.slow
 def test_sigkill_during_matching_then_rerun_equals_the_uninterrupted_run(tmp_path):
-    from tests.test_cli import dpgd_command
-
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
 
     def command(run_dir: Path) -> list[str]:
-        return [*dpgd_command(), *KILL_RUN, f"hydra.run.dir={run_dir}"]
+        return [sys.executable, "-m", "dpgd.train", *KILL_RUN, f"hydra.run.dir={run_dir}"]
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(command(whole), env=env, check=True, capture_output=True, timeout=600)
