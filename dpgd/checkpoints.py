@@ -2,8 +2,8 @@
 
 A paper-scale run takes hours; a pre-empted job must not lose them. With ``resume=true``
 (the default) every stage of :func:`dpgd.pipeline.distill` saves its output under
-``<run dir>/private/checkpoints/`` as soon as it finishes (the counts, the pool and its
-report, the initial set, the expert, the extractors, the matched set, the evaluation), and
+``<run dir>/private/checkpoints/`` as soon as it finishes (the counts, the pool, the pool
+networks, the initial set, the expert, the matched set, the evaluation), and
 matching also saves its whole state every ``checkpoint_every`` iterations: images,
 optimiser, iteration, releases so far, and the state of every random stream it draws from.
 Rerunning the same command into the same folder (``hydra.run.dir=...``) loads what exists
