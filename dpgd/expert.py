@@ -35,7 +35,7 @@ from torch.utils.data import TensorDataset
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
-from dpgd.models import seeded_model
+from dpgd.models import frozen, model_from_weights, weights_of
 from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 from dpgd.privacy.randomness import NoiseSource
 from dpgd.privacy.schedules import relative_pieces
@@ -81,16 +81,13 @@ class Expert:
 
     def to_payload(self) -> dict[str, Any]:
         """Weights and info (a run's checkpoint): the fine-tuned expert is a DP release."""
-        return {"weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}, "info": dict(self.info)}
+        return {"weights": weights_of(self.model), "info": dict(self.info)}
 
     @classmethod
     def from_payload(cls, data: dict[str, Any], model_cfg: Any, dataset: ImageDataset) -> "Expert":
-        model = seeded_model(model_cfg, dataset.channels, dataset.num_classes, dataset.image_size, 0)
-        model.load_state_dict(data["weights"])
-        model.eval()
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        return cls(model, {k: float(v) for k, v in data["info"].items()})
+        model = model_from_weights(model_cfg, dataset.channels, dataset.num_classes, dataset.image_size,
+                                   data["weights"])
+        return cls(frozen(model, torch.device("cpu")), {k: float(v) for k, v in data["info"].items()})
 
 
 def train_expert(

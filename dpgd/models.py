@@ -193,3 +193,25 @@ def seeded_model(
     """``build_model`` with initial weights that depend only on ``seed``."""
     with seeded_cpu_rng(seed):
         return build_model(cfg, channels, num_classes, image_size)
+
+
+def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A model's state as CPU tensors (for checkpoints and caches; ``weights_only`` loadable)."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def model_from_weights(cfg: ModelConfig, channels: int, num_classes: int, image_size: tuple[int, int],
+                       weights: dict[str, torch.Tensor]) -> nn.Module:
+    """The network ``cfg`` describes, holding ``weights`` (saved by :func:`weights_of`); its
+    throwaway initial weights come from a fixed seed, so the global RNG is not touched."""
+    model = seeded_model(cfg, channels, num_classes, image_size, 0)
+    model.load_state_dict(weights)
+    return model
+
+
+def frozen(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device``, in eval mode, with no parameter requiring a gradient."""
+    model = model.to(device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model

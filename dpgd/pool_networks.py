@@ -36,7 +36,7 @@ import torch.nn as nn
 from dpgd.config import ModelConfig, PoolNetsConfig
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
-from dpgd.models import seeded_model
+from dpgd.models import frozen, model_from_weights, seeded_model, weights_of
 from dpgd.progress import progress_bar
 from dpgd.seeding import derive_seed, stage_generator
 from dpgd.storage import atomic_torch_save
@@ -73,12 +73,13 @@ class PoolNetworks:
         return [snapshot for network in self.snapshots for snapshot in network]
 
     def to_payload(self) -> dict[str, Any]:
-        return {"snapshots": [[_weights(s) for s in network] for network in self.snapshots]}
+        return {"snapshots": [[weights_of(s) for s in network] for network in self.snapshots]}
 
     @classmethod
     def from_payload(cls, data: Mapping[str, Any], model_cfg: ModelConfig, dataset: ImageDataset,
                      device: torch.device) -> "PoolNetworks":
-        return cls([[_frozen(_load(model_cfg, dataset, weights), device) for weights in network]
+        shape = (dataset.channels, dataset.num_classes, dataset.image_size)
+        return cls([[frozen(model_from_weights(model_cfg, *shape, weights), device) for weights in network]
                     for network in data["snapshots"]])
 
 
@@ -119,7 +120,7 @@ def train_pool_networks(
             train_on_pool(net, pool_images, pool_labels, epochs=span, recipe=FAMILY_RECIPE,
                           generator=train_gen, device=device)
             bar.update(span)
-            network.append(_frozen(copy.deepcopy(net), device))
+            network.append(frozen(copy.deepcopy(net), device))
         snapshots.append(network)
     bar.close()
     networks = PoolNetworks(snapshots)
@@ -172,19 +173,3 @@ def _load_cached(path: Path, key: str, model_cfg: ModelConfig, dataset: ImageDat
         log.warning("ignoring an unreadable pool-network cache file (%s); retraining", type(exc).__name__)
         return None
 
-
-def _weights(net: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
-
-
-def _load(model_cfg: ModelConfig, dataset: ImageDataset, weights: Mapping[str, torch.Tensor]) -> nn.Module:
-    net = seeded_model(model_cfg, dataset.channels, dataset.num_classes, dataset.image_size, 0)
-    net.load_state_dict(weights)
-    return net
-
-
-def _frozen(net: nn.Module, device: torch.device) -> nn.Module:
-    net = net.to(device).eval()
-    for parameter in net.parameters():
-        parameter.requires_grad_(False)
-    return net
