@@ -28,7 +28,7 @@ def component_needs(cfg: TrainConfig) -> list[tuple[PrivacyNeed, float]]:
     """Each configured DP component's need and its share (``budget.<component>``)."""
     needs = []
     for need in (generator_privacy_request(cfg.generator), expert_privacy_request(cfg.expert),
-                 matcher_privacy_request(cfg.matcher)):
+                 matcher_privacy_request(cfg.matcher, extractors=cfg.pool_nets.count * cfg.pool_nets.snapshots)):
         if need is None:
             continue
         share = float(getattr(cfg.budget, need.component))

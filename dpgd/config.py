@@ -277,6 +277,23 @@ class MatcherConfig:
     # (generic) and late (class-specific) features.
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    # dp_feature: when the private data is read. per_iteration (NDPDC): a fresh Poisson
+    # sample and one Gaussian release every iteration. once (pool_trained extractors only):
+    # each extractor's class means over the whole train set are released once (sample rate
+    # 1, one release per extractor) and reused as fixed targets by every iteration
+    # (post-processing), so iterations cost no budget and no pass over the private data.
+    release: str = "per_iteration"
+    # flat (the final feature map, width x h x w values, as DM/NDPDC match) | pooled (averaged
+    # over positions: width values). The noise norm of a release grows with sqrt(dimension)
+    # while the clipped signal does not.
+    embedding: str = "flat"
+    # release=once: DSA transforms (drawn from the public seed) averaged per record in each
+    # released target; every iteration then transforms the synthetic images by one of them.
+    augmentations: int = 4
+    # release=once: shrink each released class mean towards the synthetic initialisation's
+    # (positive-part James-Stein, from the known noise std: post-processing). At a low
+    # signal-to-noise ratio the images then stay near a good start instead of chasing noise.
+    shrinkage: bool = True
     # dp_feature: the noise multiplier across iterations (constant = NDPDC).
     noise_schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
 
@@ -285,7 +302,8 @@ class MatcherConfig:
 class ExpertConfig:
     # dp_sgd (pre-trained on the DP pool, free; fine-tuned on the private data with DP-SGD:
     # opacus, Poisson sampling at sample_rate, per-sample clip clip_norm; then used in the
-    # alignment loss during matching) | none
+    # alignment loss during matching) | pool (pool network 0 itself, not fine-tuned: no
+    # private data, no budget) | none
     name: str = "dp_sgd"
     # The expert starts from pool network 0 (pool_nets): pre-trained on the pool, free.
     # DP-SGD fine-tuning: Poisson rate, number of steps, per-sample clip, SGD step size.

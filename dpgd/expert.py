@@ -53,10 +53,10 @@ COMPONENT = "expert"
 
 def privacy_request(expert_cfg: Any) -> PrivacyNeed | None:
     """What the expert's fine-tuning will release; None when the stage is off."""
-    if expert_cfg.name == "none":
+    if expert_cfg.name in ("none", "pool"):
         return None
     if expert_cfg.name != "dp_sgd":
-        raise ConfigError(f"expert={expert_cfg.name} is unknown; choose dp_sgd or none.")
+        raise ConfigError(f"expert={expert_cfg.name} is unknown; choose dp_sgd, pool or none.")
     if expert_cfg.finetune not in FINETUNE_CHOICES:
         raise ConfigError(f"expert.finetune={expert_cfg.finetune} is unknown; choose all or head.")
     steps = expert_cfg.steps
@@ -172,6 +172,13 @@ def train_expert(
     log.info("expert: %d DP-SGD steps at q=%.4f on %d weights (%s), noise multiplier %s -> %s", done, sample_rate,
              info["trained_weights"], expert_cfg.finetune, sigmas[0] if sigmas else None, sigmas[-1] if sigmas else None)
     return Expert(model, info)
+
+
+def pool_expert(start: nn.Module) -> Expert:
+    """``expert=pool``: pool network 0 itself is the expert (post-processing of the pool: no
+    private data, no budget; the share goes to the other components)."""
+    return Expert(frozen(copy.deepcopy(start), torch.device("cpu")), {"seconds": 0.0, "steps": 0.0,
+                                                                      "trained_weights": 0.0})
 
 
 def pool_accuracy(expert: Expert, dataset: ImageDataset) -> float:

@@ -88,11 +88,17 @@ class ConvNet(nn.Module):
             height, wide = height // 2, wide // 2
         self.features = nn.Sequential(*layers)
         self.feature_dim = width * height * wide
+        self.pooled_dim = width
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Flattened features before the classifier (what DM/NDPDC match)."""
         return self.features(x).flatten(1)
+
+    def embed_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Features averaged over positions (``width`` values, not width x h x w): a DP
+        release of these has sqrt(h*w) times less noise norm for the same sigma."""
+        return self.features(x).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
@@ -147,11 +153,16 @@ class ResNet18GN(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = in_planes
+        self.pooled_dim = in_planes
         self.classifier = nn.Linear(in_planes, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Globally pooled features before the classifier."""
         return self.pool(self.blocks(self.stem(x))).flatten(1)
+
+    def embed_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Already pooled: the same as :meth:`embed`."""
+        return self.embed(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))

@@ -31,7 +31,7 @@ from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.distilled import DistilledSet
 from dpgd.errors import ConfigError
-from dpgd.expert import Expert, ExpertAlignment, pool_accuracy, train_expert
+from dpgd.expert import Expert, ExpertAlignment, pool_accuracy, pool_expert, train_expert
 from dpgd.generators import Pool, declare_pool, generate_pool, pool_report
 from dpgd.generators.cache import local_secret, resolve_cache_dir
 from dpgd.initialisation import POOL_INITS, check_init, initialise, initialise_from_pool
@@ -238,6 +238,10 @@ def distill(
                     redeclare_planned(ledger, plan, "matcher")
                 distilled = DistilledSet.from_payload(saved)
                 match_stats = MatchingStats(**saved["stats"])
+        if metrics is not None and match_stats is not None and match_stats.snr_bound is not None:
+            # From the noisy releases and counts only: public, like the distilled set.
+            metrics["match"] = {"snr_bound": match_stats.snr_bound, "snr": match_stats.snr,
+                                "shrinkage_weight": match_stats.shrinkage_weight}
     return Release(distilled, counts, None if pool is None else bool(pool.info.get("cache_hit", False)), match_stats)
 
 
@@ -281,14 +285,18 @@ def build_alignment(
 ) -> ExpertAlignment:
     """Train the DP expert (declaring its DP-SGD to the ledger first) and build the loss."""
     noise_multiplier = None
-    if plan is not None:
+    if plan is not None and cfg.expert.name == "dp_sgd":
         if "expert" not in plan.multipliers:
             raise ConfigError("expert=dp_sgd fine-tunes on private data but has no budget; set budget.expert > 0.")
         # The planned records (one per piece of the noise schedule) and the per-step sigmas
         # the fine-tuning runs with: both come from the same plan records.
         noise_multiplier = declare_planned(ledger, plan, "expert")
     saved = ctx.load("expert")
-    if saved is None:
+    if saved is None and cfg.expert.name == "pool":
+        expert = pool_expert(networks.final())
+        accuracy = pool_accuracy(expert, dataset) if metrics is not None else None
+        ctx.save("expert", {**expert.to_payload(), "test_acc": accuracy})
+    elif saved is None:
         releases = ReleaseLog("expert")
         expert = train_expert(cfg.expert, networks.final(), dataset, noise_multiplier, ctx.device, ctx.progress,
                               noise=ctx.noise, counts=counts, releases=releases)
@@ -332,9 +340,13 @@ def run_matching(
         # One sigma per iteration, built from the same records the ledger holds.
         noise_multiplier = declare_planned(ledger, plan, "matcher")
         pieces = plan.pieces_for("matcher")
-        log.info("matcher: noise multiplier %.4f -> %.4f (%d pieces) for %d iterations at q=%.4f",
-                 noise_multiplier[0], noise_multiplier[-1], len(pieces), cfg.matcher.iterations,
-                 cfg.matcher.sample_rate)
+        if cfg.matcher.release == "once":
+            log.info("matcher: noise multiplier %.4f for %d targets released once each (q=1)",
+                     noise_multiplier[0], len(noise_multiplier))
+        else:
+            log.info("matcher: noise multiplier %.4f -> %.4f (%d pieces) for %d iterations at q=%.4f",
+                     noise_multiplier[0], noise_multiplier[-1], len(pieces), cfg.matcher.iterations,
+                     cfg.matcher.sample_rate)
     pick = stage_generator(ctx.seed, "match", "extractors")
     if cfg.matcher.extractors == "pool_trained":
         assert networks is not None  # check_stage_combinations: pool-trained extractors need a generator

@@ -15,6 +15,7 @@ from dpgd.config import TrainConfig
 from dpgd.errors import ConfigError
 from dpgd.initialisation import check_init
 from dpgd.pool_networks import check_pool_nets_settings
+from dpgd.matching.release import EMBEDDINGS, privacy_request as matcher_privacy_request
 from dpgd.generators.pe_sources import check_source_settings
 from dpgd.privacy.schedules import relative_pieces
 
@@ -100,8 +101,14 @@ def check_stage_combinations(cfg: TrainConfig) -> None:
         relative_pieces(cfg.expert.noise_schedule, cfg.expert.steps)
     if cfg.matcher.name == "dp_feature":
         relative_pieces(cfg.matcher.noise_schedule, cfg.matcher.iterations)
+        matcher_privacy_request(cfg.matcher, extractors=cfg.pool_nets.count * cfg.pool_nets.snapshots)
+    if cfg.matcher.embedding not in EMBEDDINGS:
+        raise ConfigError(f"matcher.embedding={cfg.matcher.embedding} is unknown; choose {' or '.join(EMBEDDINGS)}.")
     if cfg.generator.name == "pe":
         check_source_settings(cfg.generator.pe)
+    if cfg.matcher.name == "dp_feature" and cfg.matcher.release == "once" and cfg.matcher.extractors != "pool_trained":
+        raise ConfigError("matcher.release=once releases one target per fixed extractor: it needs "
+                          "matcher.extractors=pool_trained (or use matcher.release=per_iteration).")
     if cfg.matcher.name != "none" and cfg.matcher.extractors not in ("random", "pool_trained"):
         raise ConfigError(f"matcher.extractors={cfg.matcher.extractors} is unknown; choose random or pool_trained.")
 

@@ -76,3 +76,109 @@ def test_each_iteration_draws_noise_exactly_once(monkeypatch):
     assert len(calls) == 5 and stats.iterations == 5
     assert not torch.equal(images, start.images)
     assert all(math.isfinite(c.sum().item()) for c in calls)
+
+
+def test_release_once_is_one_gaussian_on_clipped_augmentation_means():
+    """Each record adds the mean of its clipped views (norm <= C); noise is drawn once, after."""
+    from dpgd.matching.release import release_class_sums_once
+
+    gen = torch.Generator().manual_seed(4)
+    images = torch.randn(30, 8, generator=gen) * 4
+    labels = torch.arange(30) % 3
+    scales = (1.0, -2.0, 0.5)
+
+    def views(batch):
+        return [batch * s for s in scales]
+
+    sigma, clip = 1.5, 1.0
+    noisy = release_class_sums_once(views, images, labels, 3, clip, sigma, torch.Generator().manual_seed(5),
+                                    torch.device("cpu"), batch_size=7)
+    record = torch.stack([clip_rows(images * s, clip) for s in scales]).mean(0)
+    assert record.norm(dim=1).max() <= clip + 1e-5  # the sensitivity the ledger records
+    clean = torch.zeros(3, 8).index_add_(0, labels, record)
+    noise = torch.randn((3, 8), generator=torch.Generator().manual_seed(5)) * sigma * clip
+    assert torch.allclose(noisy, clean + noise, atol=1e-5)
+
+
+def test_james_stein_shrinkage_keeps_a_good_start_and_follows_a_strong_signal():
+    from dpgd.matching.release import shrink_towards
+
+    gen = torch.Generator().manual_seed(6)
+    d, std = 256, torch.tensor([1.0, 1.0])
+    signal = torch.randn(2, d, generator=gen)
+    prior = signal.clone()
+    prior[1] += 50.0 / math.sqrt(d)  # class 1's start is far (distance 50) from its signal
+    target = signal + std[:, None] * torch.randn(2, d, generator=gen)
+    estimate, weights = shrink_towards(target, prior, std)
+    # class 0: the start is exact, the release is noise around it -> keep (almost) the start
+    assert weights[0] < 0.1
+    # class 1: distance 50 against noise norm 16 -> weight ~ 1 - 256/(2500+256)
+    assert weights[1] == pytest.approx(1 - (d - 2) / (2500 + d), abs=0.05)
+    # and the estimate is closer to the signal than the raw release, for both classes
+    assert ((estimate - signal).norm(dim=1) < (target - signal).norm(dim=1)).all()
+
+
+def test_signal_to_noise_bound_and_estimate():
+    from dpgd.matching.release import signal_to_noise
+
+    gen = torch.Generator().manual_seed(7)
+    d, sigma, clip = 400, 2.0, 1.0
+    expected = torch.tensor([100.0, 100.0])
+    signal = torch.randn(2, d, generator=gen)
+    signal = 0.8 * clip * signal / signal.norm(dim=1, keepdim=True)  # norm 0.8 C
+    target = signal + sigma * clip * torch.randn(2, d, generator=gen) / expected[:, None]
+    bound, estimate = signal_to_noise(target, sigma, clip, expected)
+    noise_norm = sigma * clip * math.sqrt(d) / 100  # 0.4
+    assert float(bound) == pytest.approx(clip / noise_norm)
+    assert float(estimate) == pytest.approx(0.8 / noise_norm, rel=0.15)
+
+
+def test_once_matching_releases_one_target_per_extractor_and_reads_no_data_after(monkeypatch):
+    """release=once: M releases (one per extractor) before the loop; iterations release nothing."""
+    from dpgd.config import DatasetConfig, MatcherConfig, ModelConfig
+    from dpgd.data import load_dataset
+    from dpgd.initialisation import initialise
+    from dpgd.models import seeded_model
+    from dpgd.privacy.components import ReleaseLog
+
+    dataset = load_dataset(DatasetConfig(name="digits", max_train_per_class=40))
+    calls = []
+    real_release = matching.loop.release_class_sums_once
+
+    def spy(*args, **kwargs):
+        out = real_release(*args, **kwargs)
+        calls.append(out.clone())
+        return out
+
+    monkeypatch.setattr(matching.loop, "release_class_sums_once", spy)
+    monkeypatch.setattr(matching.loop, "release_noisy_class_sums", lambda *a, **k: pytest.fail("per-iteration release"))
+    networks = [seeded_model(ModelConfig(width=16), 1, 10, (8, 8), seed) for seed in range(3)]
+    for net in networks:
+        net.requires_grad_(False)
+    cfg = MatcherConfig(name="dp_feature", iterations=6, release="once", embedding="pooled", augmentations=2)
+    start = initialise("noise", dataset, 2, 1.0, torch.Generator().manual_seed(0))
+    releases = ReleaseLog("matcher")
+    images, stats = matching.match(
+        start.images, start.labels, dataset, cfg,
+        extractors=matching.PoolTrainedExtractors(networks, torch.Generator().manual_seed(0)),
+        noise_multiplier=[3.0, 3.0, 3.0], generator=torch.Generator().manual_seed(0),
+        noise_generator=torch.Generator().manual_seed(1), device=torch.device("cpu"), progress=False,
+        counts=exact_counts(dataset), releases=releases,
+    )
+    assert len(calls) == 3 and releases.sigmas == [3.0, 3.0, 3.0]
+    assert all(c.shape == (10, 16) for c in calls)  # pooled: width values, not width*h*w
+    assert stats.snr_bound is not None and stats.snr_bound > 0 and 0 <= stats.shrinkage_weight <= 1
+    assert not torch.equal(images, start.images)
+
+
+def test_once_release_is_planned_as_one_full_batch_gaussian_per_extractor():
+    from dpgd.config import MatcherConfig
+    from dpgd.errors import ConfigError
+    from dpgd.matching import privacy_request
+
+    need = privacy_request(MatcherConfig(release="once"), extractors=9)
+    assert (need.sample_rate, need.steps) == (1.0, 9)
+    per_iteration = privacy_request(MatcherConfig(), extractors=9)
+    assert (per_iteration.sample_rate, per_iteration.steps) == (0.1, 200)
+    with pytest.raises(ConfigError, match="release"):
+        privacy_request(MatcherConfig(release="twice"), extractors=9)

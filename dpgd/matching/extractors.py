@@ -54,5 +54,9 @@ class PoolTrainedExtractors:
         self.networks = list(networks)
         self.generator = generator
 
+    def pick(self, iteration: int) -> int:
+        """Index of the network to match through at ``iteration`` (one draw of the generator)."""
+        return int(torch.randint(len(self.networks), (1,), generator=self.generator))
+
     def __call__(self, iteration: int) -> nn.Module:
-        return self.networks[int(torch.randint(len(self.networks), (1,), generator=self.generator))]
+        return self.networks[self.pick(iteration)]

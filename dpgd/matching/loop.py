@@ -19,7 +19,7 @@ from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.distilled import expand_multi_formation
 from dpgd.errors import ConfigError
-from dpgd.matching.extractors import ExtractorSource
+from dpgd.matching.extractors import ExtractorSource, PoolTrainedExtractors
 from dpgd.matching.release import (
     COMPONENT,
     NoiseSpec,
@@ -28,7 +28,10 @@ from dpgd.matching.release import (
     fixed_per_class_batches,
     noise_schedule_fn,
     poisson_batches,
+    release_class_sums_once,
     release_noisy_class_sums,
+    shrink_towards,
+    signal_to_noise,
 )
 from dpgd.privacy.components import ReleaseLog
 from dpgd.progress import progress_bar
@@ -39,6 +42,13 @@ class MatchingStats:
     iterations: int
     seconds: float
     images_per_second: float
+    # dp_feature: signal-to-noise of the released class-mean targets (averaged over classes
+    # and releases; computed from the noisy releases and counts only, so public): the bound
+    # C / expected noise norm, and the estimate of the signal norm over it.
+    snr_bound: float | None = None
+    snr: float | None = None
+    # release=once with shrinkage: the mean James-Stein weight (0 = keep the start, 1 = follow the release)
+    shrinkage_weight: float | None = None
 
 
 @dataclass
@@ -121,7 +131,92 @@ class DpTarget:
         )
         if sigma > 0:  # sigma 0: the non-private run of the same mechanism releases nothing DP
             self.releases.record(sigma)
-        return noisy_sums / self.expected[:, None].clamp(min=1e-12), {"sigma": sigma}
+        target = noisy_sums / self.expected[:, None].clamp(min=1e-12)
+        snr_bound, snr = signal_to_noise(target, sigma, self.clip_norm, self.expected)
+        return target, {"sigma": sigma, "snr_bound": snr_bound, "snr": snr}
+
+
+def embedding_fn(matcher_cfg: MatcherConfig) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    """How matching embeds images: the flat final feature map or its position average."""
+    if matcher_cfg.embedding == "pooled":
+        return lambda net, x: net.embed_pooled(x)
+    return lambda net, x: net.embed(x)
+
+
+class FixedDpTarget:
+    """``dp_feature`` with ``release=once``: each extractor's class means, released once.
+
+    For every pool-trained extractor, the class sums of the clipped embeddings of all train
+    records (each averaged over ``augmentations`` fixed DSA transforms from the public
+    seed) get one Gaussian release at sample rate 1, divided by the released class counts.
+    The loop then only optimises the synthetic images towards these fixed targets: every
+    iteration is post-processing (no private read, no budget).
+    """
+
+    synthetic_clip_norm: float | None
+
+    def __init__(
+        self,
+        matcher_cfg: MatcherConfig,
+        dataset: ImageDataset,
+        extractors: PoolTrainedExtractors,
+        noise_multiplier: NoiseSpec,
+        noise_generator: torch.Generator,
+        counts: ClassCounts | None,
+        augment_generator: torch.Generator,
+        device: torch.device,
+        releases: ReleaseLog | None = None,
+        progress: bool = True,
+        prior: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        if counts is None:
+            raise ConfigError("matcher=dp_feature needs the run's released counts.")
+        networks = extractors.networks
+        sigma_at = noise_schedule_fn(noise_multiplier, len(networks))
+        if sigma_at is None:
+            raise ConfigError("matcher=dp_feature needs a positive noise multiplier from the budget plan.")
+        self.synthetic_clip_norm = matcher_cfg.clip_norm
+        self.releases = releases if releases is not None else ReleaseLog(COMPONENT)
+        self.dsa = DSA(matcher_cfg.dsa_strategy) if matcher_cfg.dsa else None
+        count = matcher_cfg.augmentations if self.dsa is not None else 1
+        self.params = [self.dsa.sample(augment_generator, device) for _ in range(count)] if self.dsa else [None]
+        embed = embedding_fn(matcher_cfg)
+        expected = counts.values.to(device=device, dtype=torch.float32)
+        self.targets: list[torch.Tensor] = []
+        sigmas, bounds, estimates, shrink = [], [], [], []
+        bar = progress_bar(networks, desc="match: release targets", disable=not progress, leave=False)
+        for index, net in enumerate(bar):
+            sigma = float(sigma_at(index))
+
+            def views(batch: torch.Tensor, net: Any = net) -> list[torch.Tensor]:
+                return [embed(net, self.dsa.apply(batch, p) if self.dsa is not None else batch)
+                        for p in self.params]
+
+            with torch.no_grad():
+                sums = release_class_sums_once(views, dataset.train_images, dataset.train_labels,
+                                               dataset.num_classes, matcher_cfg.clip_norm, sigma, noise_generator,
+                                               device)
+            if sigma > 0:
+                self.releases.record(sigma)
+            target = sums / expected[:, None].clamp(min=1e-12)
+            bound, estimate = signal_to_noise(target, sigma, matcher_cfg.clip_norm, expected)
+            if prior is not None and matcher_cfg.shrinkage and sigma > 0:
+                with torch.no_grad():
+                    images, labels = prior
+                    syn = torch.stack([clip_rows(e, matcher_cfg.clip_norm) for e in views(images.to(device))]).mean(0)
+                    start = class_means(syn, labels.to(device), dataset.num_classes)
+                noise_std = sigma * matcher_cfg.clip_norm / expected.clamp(min=1e-12)
+                target, weights = shrink_towards(target, start, noise_std)
+                shrink.append(float(weights.mean()))
+            self.targets.append(target)
+            sigmas.append(sigma)
+            bounds.append(float(bound))
+            estimates.append(float(estimate))
+        self.summary = {"sigma": sigmas[0] if sigmas else 0.0,
+                        "snr_bound": sum(bounds) / max(1, len(bounds)),
+                        "snr": sum(estimates) / max(1, len(estimates)),
+                        "targets": float(len(self.targets)),
+                        "shrinkage_weight": sum(shrink) / len(shrink) if shrink else None}
 
 
 class DmTarget:
@@ -187,7 +282,14 @@ def match(
     """
     name = matcher_cfg.name
     target: ClassTarget
-    if name == "dp_feature":
+    fixed: FixedDpTarget | None = None
+    if name == "dp_feature" and matcher_cfg.release == "once":
+        if not isinstance(extractors, PoolTrainedExtractors):
+            raise ConfigError("matcher.release=once needs matcher.extractors=pool_trained (fixed networks).")
+        start = expand_multi_formation(images.detach(), labels, factor)
+        fixed = FixedDpTarget(matcher_cfg, dataset, extractors, noise_multiplier, noise_generator, counts,
+                              generator, device, releases, progress, prior=start)
+    elif name == "dp_feature":
         target = DpTarget(matcher_cfg, dataset, noise_multiplier, noise_generator, sampling_generator, counts, device,
                           releases)
     elif name == "dm":
@@ -196,45 +298,64 @@ def match(
         raise ConfigError(f"matcher={name} is unknown; choose dp_feature, dm or none.")
 
     num_classes = dataset.num_classes
-    train_images = dataset.train_images.to(device)
-    train_labels = dataset.train_labels.to(device)
+    embed = embedding_fn(matcher_cfg)
+    if fixed is None:
+        train_images = dataset.train_images.to(device)
+        train_labels = dataset.train_labels.to(device)
     syn = images.detach().clone().to(device).requires_grad_(True)
     syn_labels = labels.to(device)
     optimiser = torch.optim.SGD([syn], lr=matcher_cfg.lr_images, momentum=matcher_cfg.momentum)
     dsa = DSA(matcher_cfg.dsa_strategy) if matcher_cfg.dsa else None
 
-    releases = getattr(target, "releases", releases)
+    releases = fixed.releases if fixed is not None else getattr(target, "releases", releases)
     first_iteration = 0
     real_seen = 0
     if checkpoint is not None and checkpoint.saved is not None:
         first_iteration, real_seen = _restore(checkpoint, syn, optimiser, releases)
 
     real_seen_before = real_seen
+    snr_sums: dict[str, torch.Tensor | float] = {"snr_bound": 0.0, "snr": 0.0}
     _synchronize(device)  # time the loop alone on CUDA (one sync before and after, none inside)
     start = time.perf_counter()
     bar = progress_bar(range(first_iteration, matcher_cfg.iterations), desc=f"match ({name})",
                        disable=not progress, leave=False)
     for iteration in bar:
-        net = extractors(iteration)
-        index = target.next_batch().to(device)
-        real = train_images[index]
-        real_labels = train_labels[index]
-        real_seen += len(index)
-        params = dsa.sample(generator, device) if dsa is not None else None
-        with torch.no_grad():
-            real_in = dsa.apply(real, params) if dsa is not None else real
-            real_emb = net.embed(real_in) if len(index) else torch.zeros(0, net.feature_dim, device=device)
-            class_target, target_metrics = target.class_target(iteration, real_emb, real_labels)
-            del real_emb, real_in, real
+        target_metrics: dict[str, Any]
+        if fixed is not None:  # post-processing of the released targets: no private read
+            pick = extractors.pick(iteration)  # type: ignore[attr-defined]
+            net = extractors.networks[pick]  # type: ignore[attr-defined]
+            class_target, target_metrics = fixed.targets[pick], {}
+            params = fixed.params[int(torch.randint(len(fixed.params), (1,), generator=generator))]
+            clip_norm: float | None = fixed.synthetic_clip_norm
+        else:
+            net = extractors(iteration)
+            index = target.next_batch().to(device)
+            real = train_images[index]
+            real_labels = train_labels[index]
+            real_seen += len(index)
+            params = dsa.sample(generator, device) if dsa is not None else None
+            with torch.no_grad():
+                real_in = dsa.apply(real, params) if dsa is not None else real
+                if len(index):
+                    real_emb = embed(net, real_in)
+                else:
+                    dim = net.pooled_dim if matcher_cfg.embedding == "pooled" else net.feature_dim
+                    real_emb = torch.zeros(0, dim, device=device)
+                class_target, target_metrics = target.class_target(iteration, real_emb, real_labels)
+                del real_emb, real_in, real
+            clip_norm = target.synthetic_clip_norm
 
         syn_full, syn_full_labels = expand_multi_formation(syn, syn_labels, factor)
-        syn_in = dsa.apply(syn_full, params) if dsa is not None else syn_full
-        syn_emb = net.embed(syn_in)
-        if target.synthetic_clip_norm is not None:
-            syn_emb = clip_rows(syn_emb, target.synthetic_clip_norm)
+        syn_in = dsa.apply(syn_full, params) if params is not None else syn_full
+        syn_emb = embed(net, syn_in)
+        if clip_norm is not None:
+            syn_emb = clip_rows(syn_emb, clip_norm)
         loss = ((class_means(syn_emb, syn_full_labels, num_classes) - class_target) ** 2).sum()
         # Losses stay 0-dim device tensors: converting them here would make every iteration
         # wait for the device (a host sync); the consumer converts the ones it logs.
+        for key in snr_sums:
+            if key in target_metrics:
+                snr_sums[key] = snr_sums[key] + target_metrics[key]
         metrics: dict[str, float | torch.Tensor] = {"match_loss": loss.detach(), **target_metrics}
         if extra_loss is not None:
             aligned = extra_loss(syn_full, syn_full_labels)
@@ -258,7 +379,13 @@ def match(
             })
     _synchronize(device)
     seconds = time.perf_counter() - start
+    snr: dict[str, float | None] = {"snr_bound": None, "snr": None}
+    if fixed is not None:
+        snr = {key: fixed.summary[key] for key in (*snr, "shrinkage_weight")}
+    elif name == "dp_feature" and matcher_cfg.iterations > first_iteration:
+        snr = {key: float(value) / (matcher_cfg.iterations - first_iteration) for key, value in snr_sums.items()}
     stats = MatchingStats(
+        **snr,
         iterations=matcher_cfg.iterations,
         seconds=seconds,
         # this process's share of the work (a resumed loop ran only the rest)

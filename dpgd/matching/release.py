@@ -21,13 +21,99 @@ COMPONENT = "matcher"
 SENSITIVITY_TEXT = "L2 clip C of each real embedding: one record moves one class sum by at most C"
 
 
-def privacy_request(matcher_cfg: Any) -> PrivacyNeed | None:
-    """What ``dp_feature`` will release: one subsampled Gaussian per iteration; None otherwise."""
+RELEASES = ("per_iteration", "once")
+EMBEDDINGS = ("flat", "pooled")
+ONCE_SENSITIVITY_TEXT = ("L2 clip C of each real embedding, averaged over the fixed augmentations: one record "
+                         "moves one class sum by at most C")
+
+
+def privacy_request(matcher_cfg: Any, extractors: int) -> PrivacyNeed | None:
+    """What ``dp_feature`` will release; None otherwise. ``per_iteration``: one subsampled
+    Gaussian per iteration at the matcher's sample rate. ``once``: one Gaussian over the
+    whole train set (sample rate 1) per extractor (``extractors`` of them)."""
     if matcher_cfg.name != "dp_feature":
         return None
+    if matcher_cfg.release not in RELEASES:
+        raise ConfigError(f"matcher.release={matcher_cfg.release} is unknown; choose {' or '.join(RELEASES)}.")
+    if matcher_cfg.embedding not in EMBEDDINGS:
+        raise ConfigError(f"matcher.embedding={matcher_cfg.embedding} is unknown; choose {' or '.join(EMBEDDINGS)}.")
+    if matcher_cfg.release == "once":
+        if matcher_cfg.noise_schedule.kind != "constant":
+            raise ConfigError("matcher.release=once releases each target once: use matcher.noise_schedule.kind="
+                              "constant (a schedule spreads noise over iterations that release nothing).")
+        if matcher_cfg.augmentations < 1:
+            raise ConfigError(f"matcher.augmentations={matcher_cfg.augmentations} must be at least 1.")
+        return PrivacyNeed(COMPONENT, 1.0, int(extractors), ONCE_SENSITIVITY_TEXT)
     steps = matcher_cfg.iterations
     return PrivacyNeed(COMPONENT, matcher_cfg.sample_rate, steps, SENSITIVITY_TEXT,
                        relative_pieces(matcher_cfg.noise_schedule, steps))
+
+
+def release_class_sums_once(
+    views: Callable[[torch.Tensor], list[torch.Tensor]],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    clip_norm: float,
+    noise_multiplier: float,
+    noise_generator: torch.Generator,
+    device: torch.device,
+    batch_size: int = 500,
+) -> torch.Tensor:
+    """The Gaussian mechanism on per-class sums over the whole train set (sample rate 1).
+
+    ``views(batch)`` returns the batch's embeddings under each fixed augmentation; every
+    one is clipped to ``clip_norm`` and a record contributes their mean (norm <= C, so the
+    sensitivity under add/remove of one record is C, as in :func:`release_noisy_class_sums`).
+    Noise N(0, (sigma*C)^2) is drawn once, after the sums, and added in place.
+    """
+    sums: torch.Tensor | None = None
+    for start in range(0, len(labels), batch_size):
+        batch = images[start:start + batch_size].to(device)
+        embedded = views(batch)
+        record = torch.stack([clip_rows(e, clip_norm) for e in embedded]).mean(0)
+        if sums is None:
+            sums = torch.zeros(num_classes, record.shape[1], dtype=record.dtype, device=device)
+        sums.index_add_(0, labels[start:start + batch_size].to(device), record)
+        del embedded, record
+    if sums is None:
+        raise ConfigError("matcher.release=once found no train records.")
+    noise = torch.randn(sums.shape, generator=noise_generator, device=noise_generator.device, dtype=sums.dtype)
+    sums.add_(noise.to(sums.device), alpha=noise_multiplier * clip_norm)
+    return sums
+
+
+def shrink_towards(target: torch.Tensor, prior: torch.Tensor, noise_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive-part James-Stein shrinkage of each released class mean towards ``prior``.
+
+    ``target`` (K, d) = signal + Gaussian noise of per-coordinate std ``noise_std`` (K,);
+    ``prior`` (K, d) is public (the synthetic initialisation's class means). The estimate
+    ``prior + max(0, 1 - (d-2) std^2 / |target - prior|^2) (target - prior)`` has lower
+    expected squared error than ``target`` for d >= 3, whatever the signal: at a low
+    signal-to-noise ratio it keeps the initialisation, at a high one it follows the
+    release. Post-processing of the release. Returns the estimate and the weights (K,).
+    """
+    difference = target - prior
+    d = target.shape[1]
+    weights = (1 - (d - 2) * noise_std.pow(2) / difference.pow(2).sum(1).clamp(min=1e-30)).clamp(min=0)
+    return prior + weights[:, None] * difference, weights
+
+
+def signal_to_noise(target: torch.Tensor, noise_multiplier: float, clip_norm: float,
+                    expected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signal-to-noise of released class means (post-processing of the release).
+
+    A class mean target ``t = (s + n) / m`` (``m`` the expected records of the class) has
+    noise of expected norm ``sigma C sqrt(d) / m`` and a signal of norm at most C. Returns
+    the bound ``C / noise`` and the estimate ``sqrt(max(|t|^2 - noise^2, 0)) / noise``,
+    both averaged over classes (0-dim tensors).
+    """
+    noise_norm = noise_multiplier * clip_norm * math.sqrt(target.shape[1]) / expected.clamp(min=1e-12)
+    if noise_multiplier <= 0:
+        inf = torch.tensor(float("inf"), device=target.device)
+        return inf, inf
+    signal = (target.pow(2).sum(1) - noise_norm.pow(2)).clamp(min=0).sqrt()
+    return (clip_norm / noise_norm).mean(), (signal / noise_norm).mean()
 
 
 def clip_rows(embeddings: torch.Tensor, clip_norm: float) -> torch.Tensor:
