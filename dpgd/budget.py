@@ -54,6 +54,18 @@ def component_requests(cfg: TrainConfig) -> list[ComponentRequest]:
             *[need.request((1.0 - counts_share) * share / total) for need, share in needs]]
 
 
+def replan_without(cfg: TrainConfig, plan: NoisePlan, component: str) -> NoisePlan:
+    """The plan after a rule switched ``component`` off once the counts were released: the
+    released count record stays as it ran (fixed) and the other components share the rest
+    of the target in proportion to their fractions (the dropped share goes to them)."""
+    fixed = plan.mechanisms_for(counts.COMPONENT)
+    needs = [(need, share) for need, share in component_needs(cfg) if need.component != component]
+    if not needs:
+        raise ConfigError(f"switching {component} off leaves no DP component to spend the budget on.")
+    total = sum(share for _, share in needs)
+    return plan_budget(cfg.epsilon, cfg.delta, [need.request(share / total) for need, share in needs], fixed=fixed)
+
+
 def plan_run(cfg: TrainConfig) -> NoisePlan | None:
     """The run's noise plan; ``None`` for a non-private run (``epsilon=inf``) or one that
     runs no DP mechanism at all."""

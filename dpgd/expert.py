@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 EXPERT_SENSITIVITY = "per-sample gradient clipped to clip_norm (opacus DPOptimizer)"
 
 
-FINETUNE_CHOICES = ("all", "head")
+FINETUNE_CHOICES = ("auto", "all", "head")
 COMPONENT = "expert"
 
 
@@ -58,10 +59,51 @@ def privacy_request(expert_cfg: Any) -> PrivacyNeed | None:
     if expert_cfg.name != "dp_sgd":
         raise ConfigError(f"expert={expert_cfg.name} is unknown; choose dp_sgd, pool or none.")
     if expert_cfg.finetune not in FINETUNE_CHOICES:
-        raise ConfigError(f"expert.finetune={expert_cfg.finetune} is unknown; choose all or head.")
+        raise ConfigError(f"expert.finetune={expert_cfg.finetune} is unknown; choose auto, all or head.")
     steps = expert_cfg.steps
     return PrivacyNeed(COMPONENT, expert_cfg.sample_rate, steps, EXPERT_SENSITIVITY,
                        relative_pieces(expert_cfg.noise_schedule, steps))
+
+
+def noise_to_signal(noise_multiplier: float, weights: int, sample_rate: float, records: float) -> float:
+    """Predicted noise norm of one DP-SGD step's mean gradient over its signal bound.
+
+    The noisy sum of clipped per-sample gradients is divided by the expected batch q*N: its
+    noise has norm ~ sigma*C*sqrt(weights)/(q*N), while the clipped mean gradient has norm at
+    most C. Public: sigma from the plan, the weight count from the architecture, N the
+    released (noisy) record count.
+    """
+    return float(noise_multiplier) * math.sqrt(weights) / max(sample_rate * records, 1e-12)
+
+
+@dataclass(frozen=True)
+class FinetuneChoice:
+    """What the expert stage runs: ``all`` | ``head`` | ``none`` (pool network 0 as it is),
+    and the predicted noise-to-signal of fine-tuning all weights and the head."""
+
+    finetune: str
+    noise_to_signal: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"finetune": self.finetune, **{f"noise_to_signal_{k}": v for k, v in self.noise_to_signal.items()}}
+
+
+def choose_finetuning(expert_cfg: Any, noise_multipliers: Sequence[float], model: nn.Module,
+                      records: float) -> FinetuneChoice:
+    """``expert.finetune=auto``: fine-tune all weights if their predicted noise-to-signal is at
+    most ``expert.max_noise_to_signal``, else the head if its is, else nothing (the share of
+    the budget then goes to the other components). Reads public quantities only; the
+    expert's test accuracy is never an input. An explicit ``all``/``head`` is kept."""
+    sigma = sum(noise_multipliers) / len(noise_multipliers) if noise_multipliers else 0.0
+    weights = {"all": sum(p.numel() for p in model.parameters()),
+               "head": sum(p.numel() for p in model.classifier.parameters())}
+    ratios = {mode: noise_to_signal(sigma, count, expert_cfg.sample_rate, records) for mode, count in weights.items()}
+    if expert_cfg.finetune != "auto":
+        return FinetuneChoice(expert_cfg.finetune, ratios)
+    for mode in ("all", "head"):
+        if ratios[mode] <= expert_cfg.max_noise_to_signal:
+            return FinetuneChoice(mode, ratios)
+    return FinetuneChoice("none", ratios)
 
 
 def trainable_for_finetuning(model: nn.Module, finetune: str) -> list[nn.Parameter]:
@@ -101,14 +143,21 @@ def train_expert(
     noise: NoiseSource,
     counts: ClassCounts,
     releases: ReleaseLog | None = None,
+    finetune: str | None = None,
 ) -> Expert:
     """DP-SGD fine-tune a copy of ``start`` (pool network 0: pre-trained on the pool, free)
     on ``dataset`` (no noise if multiplier is None).
 
     ``noise_multiplier`` None means a deliberately non-private run (``epsilon=inf``):
     gradients are still clipped, but no noise is added. A sequence gives the sigma of
-    every step (a noise schedule; its length must be ``expert_cfg.steps``).
+    every step (a noise schedule; its length must be ``expert_cfg.steps``). ``finetune``
+    (``all`` | ``head``) overrides ``expert_cfg.finetune``; ``auto`` must be resolved first
+    (:func:`choose_finetuning`: switching the stage off changes the budget plan).
     """
+    mode = finetune or expert_cfg.finetune
+    if mode not in ("all", "head"):
+        raise ConfigError(f"train_expert needs finetune=all or head, got {mode!r} (resolve auto with "
+                          "choose_finetuning before the plan is used).")
     steps = expert_cfg.steps
     if noise_multiplier is None or isinstance(noise_multiplier, (int, float)):
         sigmas = [float(noise_multiplier or 0.0)] * steps
@@ -121,7 +170,7 @@ def train_expert(
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     model.train()
-    trainable = trainable_for_finetuning(model, expert_cfg.finetune)
+    trainable = trainable_for_finetuning(model, mode)
     private = TensorDataset(dataset.train_images, dataset.train_labels)
     sample_rate = expert_cfg.sample_rate
     # Poisson masks and noise from the run's secret source; the expected batch q*N that
@@ -170,7 +219,7 @@ def train_expert(
     info = {"seconds": time.perf_counter() - started, "steps": float(done),
             "trained_weights": float(sum(p.numel() for p in trainable))}
     log.info("expert: %d DP-SGD steps at q=%.4f on %d weights (%s), noise multiplier %s -> %s", done, sample_rate,
-             info["trained_weights"], expert_cfg.finetune, sigmas[0] if sigmas else None, sigmas[-1] if sigmas else None)
+             info["trained_weights"], mode, sigmas[0] if sigmas else None, sigmas[-1] if sigmas else None)
     return Expert(model, info)
 
 

@@ -31,7 +31,11 @@ from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.distilled import DistilledSet
 from dpgd.errors import ConfigError
-from dpgd.expert import Expert, ExpertAlignment, pool_accuracy, pool_expert, train_expert
+from dpgd.budget import replan_without
+from dpgd.expert import (
+    Expert, ExpertAlignment, FinetuneChoice, choose_finetuning, pool_accuracy, pool_expert, train_expert,
+)
+from dpgd.models import build_model
 from dpgd.generators import Pool, declare_pool, generate_pool, pool_report
 from dpgd.generators.cache import local_secret, resolve_cache_dir
 from dpgd.initialisation import POOL_INITS, check_init, initialise, initialise_from_pool
@@ -177,6 +181,9 @@ def distill(
         else:
             counts = ClassCounts.from_payload(saved)
             redeclare_planned(ledger, plan, class_counts.COMPONENT)
+    finetune = None
+    if cfg.expert.name == "dp_sgd":
+        plan, finetune = plan_expert(cfg, dataset, plan, counts)
     pool = None
     if cfg.generator.name != "none":
         with timer.stage("generate"):
@@ -222,7 +229,7 @@ def distill(
         with timer.stage("expert"):
             assert networks is not None  # pool_networks_needed: the expert starts from network 0
             alignment = build_alignment(cfg, dataset, pool, networks, plan, ledger, ctx, counts=counts,
-                                        metrics=metrics)
+                                        metrics=metrics, finetune=finetune)
 
     match_stats = None
     if cfg.matcher.name != "none":
@@ -243,6 +250,24 @@ def distill(
             metrics["match"] = {"snr_bound": match_stats.snr_bound, "snr": match_stats.snr,
                                 "shrinkage_weight": match_stats.shrinkage_weight}
     return Release(distilled, counts, None if pool is None else bool(pool.info.get("cache_hit", False)), match_stats)
+
+
+def plan_expert(cfg: TrainConfig, dataset: ImageDataset, plan: NoisePlan | None,
+                counts: ClassCounts) -> tuple[NoisePlan | None, FinetuneChoice]:
+    """Resolve ``expert.finetune`` from public quantities, right after the count release and
+    before any other DP stage: when the rule switches fine-tuning off, the expert's share
+    is re-planned onto the other components (the released count record stays fixed)."""
+    sigmas = [] if plan is None else plan.schedule_for("expert")
+    model = build_model(cfg.model, dataset.channels, dataset.num_classes, dataset.image_size)
+    choice = choose_finetuning(cfg.expert, sigmas, model, counts.total)
+    log.info("expert: predicted noise-to-signal of a DP-SGD step %s -> fine-tune %s",
+             ", ".join(f"{k} {v:.3g}" for k, v in choice.noise_to_signal.items()), choice.finetune)
+    if choice.finetune == "none" and plan is not None:
+        plan = replan_without(cfg, plan, "expert")
+        log.info("expert: not fine-tuned (above expert.max_noise_to_signal=%g); its share re-planned: %s",
+                 cfg.expert.max_noise_to_signal,
+                 ", ".join(f"{k} sigma {v:.4g}" for k, v in plan.multipliers.items()))
+    return plan, choice
 
 
 def pool_networks_needed(cfg: TrainConfig, report: bool) -> int:
@@ -282,24 +307,28 @@ def build_alignment(
     cfg: TrainConfig, dataset: ImageDataset, pool: Pool, networks: PoolNetworks, plan: NoisePlan | None,
     ledger: PrivacyLedger,
     ctx: RunContext, *, counts: ClassCounts, metrics: dict[str, Any] | None,
+    finetune: FinetuneChoice | None = None,
 ) -> ExpertAlignment:
-    """Train the DP expert (declaring its DP-SGD to the ledger first) and build the loss."""
+    """Train the DP expert (declaring its DP-SGD to the ledger first) and build the loss.
+    ``finetune`` is :func:`plan_expert`'s choice (``none``: pool network 0 as it is)."""
+    fine_tuned = cfg.expert.name == "dp_sgd" and (finetune is None or finetune.finetune != "none")
     noise_multiplier = None
-    if plan is not None and cfg.expert.name == "dp_sgd":
+    if plan is not None and fine_tuned:
         if "expert" not in plan.multipliers:
             raise ConfigError("expert=dp_sgd fine-tunes on private data but has no budget; set budget.expert > 0.")
         # The planned records (one per piece of the noise schedule) and the per-step sigmas
         # the fine-tuning runs with: both come from the same plan records.
         noise_multiplier = declare_planned(ledger, plan, "expert")
     saved = ctx.load("expert")
-    if saved is None and cfg.expert.name == "pool":
+    if saved is None and not fine_tuned:
         expert = pool_expert(networks.final())
         accuracy = pool_accuracy(expert, dataset) if metrics is not None else None
         ctx.save("expert", {**expert.to_payload(), "test_acc": accuracy})
     elif saved is None:
         releases = ReleaseLog("expert")
         expert = train_expert(cfg.expert, networks.final(), dataset, noise_multiplier, ctx.device, ctx.progress,
-                              noise=ctx.noise, counts=counts, releases=releases)
+                              noise=ctx.noise, counts=counts, releases=releases,
+                              finetune=None if finetune is None else finetune.finetune)
         releases.check(planned_records(plan, "expert"))
         accuracy = pool_accuracy(expert, dataset) if metrics is not None else None
         ctx.save("expert", {**expert.to_payload(), "test_acc": accuracy})
@@ -309,7 +338,7 @@ def build_alignment(
         if metrics is not None and accuracy is None:  # saved by a run that did not measure it
             accuracy = pool_accuracy(expert, dataset)
     if metrics is not None:
-        metrics["expert"] = {"test_acc": accuracy}
+        metrics["expert"] = {"test_acc": accuracy, **({} if finetune is None else finetune.to_dict())}
         ctx.tracker.log("expert", {"test_acc": accuracy}, step=int(expert.info["steps"]))
     return ExpertAlignment(
         expert.model, pool.images, pool.labels, num_classes=dataset.num_classes,

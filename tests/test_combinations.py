@@ -24,7 +24,7 @@ GROUPS = {
     "generator": ("dp_merf", "dp_sgd", "pe", "none", "real"),
     "init": ("kmeans", "random_pool", "noise", "real"),
     "matcher": ("dp_feature", "dm", "none"),
-    "expert": ("dp_sgd", "none"),
+    "expert": ("dp_sgd", "pool", "none"),
 }
 
 
@@ -63,6 +63,10 @@ def test_known_combinations(compose):
     assert "needs a generated pool" in judge(compose, ["generator=none", "init=noise", "expert=none",
                                                         "budget=ndpdc"])
     assert "noise_schedule.kind" in judge(compose, ["epsilon=inf", "matcher.noise_schedule.kind=cosine"])
+    assert "matcher.extractors=pool_trained" in judge(compose, ["experiment=ndpdc", "matcher.release=once"])
+    assert "matcher.release=twice is unknown" in judge(compose, ["matcher.release=twice"])
+    assert "matcher.embedding=mean is unknown" in judge(compose, ["epsilon=inf", "matcher.embedding=mean"])
+    assert judge(compose, ["matcher.release=once", "matcher.embedding=pooled", "expert=pool"]) is None
 
 
 def covering_accepted(compose, epsilon: str) -> list[list[str]]:

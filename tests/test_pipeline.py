@@ -142,6 +142,28 @@ def test_dpgeng_ledger_composes_generator_matcher_and_expert(run_with):
     assert result.test_acc_mean > 40
 
 
+def test_once_matching_with_pool_expert_ledger_and_snr(run_with):
+    """DP-GenG v2's parts: targets released once per pool extractor (q=1), the pool network as
+    the expert (no DP-SGD, no expert record), SNR of the targets in the public results."""
+    result = run_with("epsilon=1", "debug=short", "matcher.release=once", "matcher.embedding=pooled",
+                      "expert=pool")
+    privacy = result.results["privacy"]
+    assert sorted(m["component"] for m in privacy["mechanisms"]) == ["counts", "generator", "matcher"]
+    [matcher] = [m for m in privacy["mechanisms"] if m["component"] == "matcher"]
+    assert matcher["sample_rate"] == 1.0 and matcher["steps"] == 3 * 3  # pool_nets.count x snapshots
+    assert 0.98 <= privacy["epsilon"] <= 1.0
+    stages = result.results["stages"]
+    # the expert is pool network 0 itself: the same test accuracy as the pool report's network
+    assert stages["expert"]["test_acc"] == pytest.approx(stages["generate"]["pool_test_acc"])
+    match = stages["match"]
+    # SNR bound = N_c / (sigma sqrt(d)) averaged over classes, d = 128 pooled channels
+    counts = result.results["class_counts"]["per_class"]  # rounded: hence the tolerance
+    per_class = [c / (matcher["noise_multiplier"] * math.sqrt(128)) for c in counts]
+    assert match["snr_bound"] == pytest.approx(sum(per_class) / len(per_class), rel=5e-3)
+    assert 0 <= match["shrinkage_weight"] <= 1 and match["snr"] >= 0
+    assert result.test_acc_mean > 40
+
+
 def test_delta_is_judged_on_the_released_count_before_any_other_stage(tmp_path, compose, monkeypatch):
     """delta < 1/N needs N, which is private: it is checked on the noisy count, right after
     the count release and before the generator runs."""

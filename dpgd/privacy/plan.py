@@ -206,15 +206,24 @@ def plan_budget(
     delta: float,
     requests: list[ComponentRequest],
     rel_tol: float = 0.02,
+    fixed: Sequence[SubsampledGaussian] = (),
 ) -> NoisePlan:
     """Calibrate noise multipliers so all components together spend ``epsilon``.
 
     Returns a plan whose composed PRV epsilon lies in ``[epsilon*(1-rel_tol), epsilon]``.
     Raises ConfigError for invalid input and BudgetError (naming the component) for a
     share that cannot be met; nothing is read or run before this succeeds.
+
+    ``fixed``: records already released (e.g. the class counts, before a rule re-plans the
+    rest on them). They are composed with the calibrated ones but keep their noise, and
+    are part of the returned plan; ``requests`` then share what they leave.
     """
     requests = list(requests)
+    fixed = tuple(fixed)
     _validate(epsilon, delta, requests, rel_tol)
+    clash = {m.component for m in fixed} & {r.name for r in requests}
+    if clash:
+        raise ConfigError(f"component(s) {sorted(clash)} are both fixed and requested")
     epsilon, delta = float(epsilon), float(delta)
     active = [r for r in requests if r.fraction > 0]
     skipped = tuple(r.name for r in requests if r.fraction == 0)
@@ -230,7 +239,7 @@ def plan_budget(
     def log_composed(log_s: float) -> float:
         s = math.exp(log_s)
         try:
-            mechs = tuple(
+            mechs = fixed + tuple(
                 m for c in components for m in c.mechanisms(c.sigma_for(s * c.request.fraction * epsilon))
             )
         except Infeasible as exc:
@@ -254,8 +263,11 @@ def plan_budget(
             f"noise calibration failed ({exc.side}) for epsilon={epsilon:g}, delta={delta:g}, {requests}"
         ) from None
     mechs, eps = results[log_s]
+    fixed_multipliers = {m.component: m.noise_multiplier for m in fixed}
     return NoisePlan(
-        multipliers={c.request.name: c.sigma_for(math.exp(log_s) * c.request.fraction * epsilon) for c in components},
+        multipliers={**fixed_multipliers,
+                     **{c.request.name: c.sigma_for(math.exp(log_s) * c.request.fraction * epsilon)
+                        for c in components}},
         mechanisms=mechs,
         epsilon=eps,
         epsilon_target=epsilon,
