@@ -247,8 +247,9 @@ def distill(
                 match_stats = MatchingStats(**saved["stats"])
         if metrics is not None and match_stats is not None and match_stats.snr_bound is not None:
             # From the noisy releases and counts only: public, like the distilled set.
-            metrics["match"] = {"snr_bound": match_stats.snr_bound, "snr": match_stats.snr,
-                                "shrinkage_weight": match_stats.shrinkage_weight}
+            metrics["match"] = {"snr_bound": match_stats.snr_bound, "snr": match_stats.snr}
+            if match_stats.shrinkage_weight is not None:
+                metrics["match"]["shrinkage_weight"] = match_stats.shrinkage_weight
     return Release(distilled, counts, None if pool is None else bool(pool.info.get("cache_hit", False)), match_stats)
 
 

@@ -5,7 +5,8 @@ torch thread, a run on this machine is bit-for-bit repeatable, so the test accur
 evaluation model, the released counts and the ledger are pinned as measured when the
 numbers were recorded (after the privacy fixes of issue 12; dpgeng re-pinned when the pool
 networks became one shared family, issue 14: the pool report, k-means embedding and expert
-start are now pool network 0). A change that alters them
+start are now pool network 0; and when expert.finetune=auto became the default, issue 15: this
+tiny run's predicted noise-to-signal picks head fine-tuning). A change that alters them
 changes what the method computes: rerun and update the pins only when that is intended.
 """
 
@@ -21,20 +22,22 @@ PIN = ["logger=none", "reproducible_noise=true", "evaluation.epochs=20", "evalua
 
 EXPECTED = {
     "dpgeng": {
-        "acc": [72.77777777777777, 68.05555555555556],
+        "acc": [72.77777777777777, 70.27777777777777],
         "counts": [134, 133, 142, 120, 123, 132, 141, 157, 154, 178],
         "mechanisms": [("counts", 18.7567732118298, 1.0, 1), ("generator", 4.721625128482571, 1.0, 1),
                        ("expert", 2.2980583814924485, 0.05, 10), ("matcher", 3.7584601691464083, 0.1, 20)],
         "epsilon": 0.9893534241262694,
         "stages": {"generate": {"pool_size": 400, "pool_test_acc": 20.555555555555557},
-                   "expert": {"test_acc": 35.833333333333336}},
+                   "expert": {"test_acc": 30.555555555555557, "finetune": "head",
+                              "noise_to_signal_all": 12.77513963712783, "noise_to_signal_head": 2.327832159540976},
+                   "match": {"snr_bound": 0.16628503799438477, "snr": 0.14738008975982667}},
     },
     "ndpdc": {
         "acc": [35.0, 29.72222222222222],
         "counts": [130, 126, 142, 106, 112, 125, 139, 164, 162, 196],
         "mechanisms": [("counts", 28.567540890379153, 1.0, 1), ("matcher", 2.139442208522221, 0.1, 20)],
         "epsilon": 0.9888938385523147,
-        "stages": {},
+        "stages": {"match": {"snr_bound": 0.2896528482437134, "snr": 0.26854238510131834}},
     },
 }
 

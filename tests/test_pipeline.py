@@ -128,10 +128,12 @@ def test_bad_settings_are_refused_before_any_stage(tmp_path, compose, overrides,
 
 def test_dpgeng_ledger_composes_generator_matcher_and_expert(run_with):
     # configs/debug/short.yaml: the default method shortened (pool 100 per class, 50 iterations).
-    result = run_with("epsilon=1", "debug=short")
+    # expert.finetune=all: the DP-SGD expert runs whatever its predicted noise-to-signal.
+    result = run_with("epsilon=1", "debug=short", "expert.finetune=all")
     privacy = result.results["privacy"]
     assert result.results["method"] == "dpgeng"
     assert sorted(m["component"] for m in privacy["mechanisms"]) == ["counts", "expert", "generator", "matcher"]
+    assert result.results["stages"]["expert"]["finetune"] == "all"
     generator = next(m for m in privacy["mechanisms"] if m["component"] == "generator")
     assert generator["sample_rate"] == 1.0 and generator["steps"] == 1  # DP-MERF: one release
     assert 0.98 <= privacy["epsilon"] <= 1.0
@@ -140,6 +142,28 @@ def test_dpgeng_ledger_composes_generator_matcher_and_expert(run_with):
     assert stages["generate"]["pool_test_acc"] > 40  # a DP-MERF pool at epsilon 0.5 or so
     assert set(result.diagnostics["timings_s"]) >= {"generate", "init", "expert", "match", "eval"}
     assert result.test_acc_mean > 40
+
+
+def test_auto_expert_skips_fine_tuning_at_epsilon_1_and_replans_its_share(run_with):
+    """Digits at epsilon 1: a DP-SGD step's predicted noise-to-signal is ~40 (all) / ~8 (head),
+    above expert.max_noise_to_signal=4, so the expert is pool network 0 and its share goes to
+    the generator and the matcher; the released counts keep the noise they were drawn with."""
+    from dpgd.budget import plan_run
+    from dpgd.config import compose, typed
+
+    result = run_with("epsilon=1", "debug=short")
+    privacy = result.results["privacy"]
+    assert sorted(m["component"] for m in privacy["mechanisms"]) == ["counts", "generator", "matcher"]
+    assert 0.98 <= privacy["epsilon"] <= 1.0
+    expert = result.results["stages"]["expert"]
+    assert expert["finetune"] == "none" and expert["noise_to_signal_head"] > 4
+    assert expert["noise_to_signal_all"] == pytest.approx(
+        expert["noise_to_signal_head"] * math.sqrt(154506 / 5130), rel=1e-6)  # same sigma, q, N
+    assert expert["test_acc"] == pytest.approx(result.results["stages"]["generate"]["pool_test_acc"])
+    before = plan_run(typed(compose(*FAST, "epsilon=1", "debug=short")))  # the plan made before data
+    sigma = {m["component"]: m["noise_multiplier"] for m in privacy["mechanisms"]}
+    assert sigma["counts"] == before.multipliers["counts"]
+    assert sigma["generator"] < before.multipliers["generator"] and sigma["matcher"] < before.multipliers["matcher"]
 
 
 def test_once_matching_with_pool_expert_ledger_and_snr(run_with):

@@ -312,3 +312,24 @@ def test_declare_rejects_non_records():
         PrivacyLedger().declare({"component": "m"})  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         PrivacyLedger.from_dict({"adjacency": "replace one", "mechanisms": []})
+
+
+def test_a_replan_keeps_fixed_records_and_composes_them():
+    """plan_budget(fixed=...): the released record keeps its noise, the rest is calibrated so
+    that everything together still meets the target."""
+    from dpgd.privacy import SubsampledGaussian, plan_budget
+    from dpgd.privacy.analysis import prv_epsilon
+
+    first = plan_budget(1.0, DELTA, [request("counts", 0.1, 1.0, 1), request("generator", 0.5, 1.0, 1),
+                                     request("expert", 0.2, 0.05, 200), request("matcher", 0.2, 0.1, 200)])
+    counts = first.mechanisms_for("counts")
+    again = plan_budget(1.0, DELTA, [request("generator", 0.5 / 0.7, 1.0, 1), request("matcher", 0.2 / 0.7, 0.1, 200)],
+                        fixed=counts)
+    assert again.mechanisms_for("counts") == counts and again.multipliers["counts"] == first.multipliers["counts"]
+    assert "expert" not in again.multipliers
+    assert again.multipliers["generator"] < first.multipliers["generator"]  # the dropped share went here
+    assert again.multipliers["matcher"] < first.multipliers["matcher"]
+    assert 0.98 <= prv_epsilon(again.mechanisms, DELTA) <= 1.0
+    assert isinstance(counts[0], SubsampledGaussian)
+    with pytest.raises(ConfigError, match="both fixed and requested"):
+        plan_budget(1.0, DELTA, [request("counts", 1.0, 1.0, 1)], fixed=counts)

@@ -140,7 +140,7 @@ def test_expert_dp_sgd_draws_masks_and_noise_from_the_noise_source(digits, dp_in
 
     from dpgd.models import seeded_model
 
-    cfg = OmegaConf.structured(ExpertConfig(name="dp_sgd", steps=3, sample_rate=0.05))
+    cfg = OmegaConf.structured(ExpertConfig(name="dp_sgd", steps=3, sample_rate=0.05, finetune="all"))
     start = seeded_model(ModelConfig(width=8), digits.channels, digits.num_classes, digits.image_size, 0)
 
     def weights(noise):
@@ -322,4 +322,4 @@ def test_a_skipped_noisy_step_of_the_expert_fails_the_run(run_cfg, monkeypatch):
 
     monkeypatch.setattr(DPOptimizer, "_check_skip_next_step", skip_third)
     with pytest.raises(RuntimeError, match="privacy bug: component 'expert' ran 4 Gaussian releases"):
-        run_cfg("experiment=dpgeng")
+        run_cfg("experiment=dpgeng", "expert.finetune=all")

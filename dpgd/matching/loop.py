@@ -314,7 +314,10 @@ def match(
         first_iteration, real_seen = _restore(checkpoint, syn, optimiser, releases)
 
     real_seen_before = real_seen
+    # Sums over every iteration of the run (a resumed loop starts from the saved sums).
     snr_sums: dict[str, torch.Tensor | float] = {"snr_bound": 0.0, "snr": 0.0}
+    if checkpoint is not None and checkpoint.saved is not None:
+        snr_sums.update(checkpoint.saved.get("snr_sums", {}))
     _synchronize(device)  # time the loop alone on CUDA (one sync before and after, none inside)
     start = time.perf_counter()
     bar = progress_bar(range(first_iteration, matcher_cfg.iterations), desc=f"match ({name})",
@@ -376,14 +379,15 @@ def match(
                 "generators": {key: g.get_state() for key, g in checkpoint.generators.items()},
                 "releases": [] if releases is None else list(releases.sigmas),
                 "real_seen": real_seen,
+                "snr_sums": {key: float(value) for key, value in snr_sums.items()},
             })
     _synchronize(device)
     seconds = time.perf_counter() - start
     snr: dict[str, float | None] = {"snr_bound": None, "snr": None}
     if fixed is not None:
         snr = {key: fixed.summary[key] for key in (*snr, "shrinkage_weight")}
-    elif name == "dp_feature" and matcher_cfg.iterations > first_iteration:
-        snr = {key: float(value) / (matcher_cfg.iterations - first_iteration) for key, value in snr_sums.items()}
+    elif name == "dp_feature" and matcher_cfg.iterations > 0:
+        snr = {key: float(value) / matcher_cfg.iterations for key, value in snr_sums.items()}
     stats = MatchingStats(
         **snr,
         iterations=matcher_cfg.iterations,
