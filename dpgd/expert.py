@@ -9,6 +9,10 @@ piece of constant noise (one for constant noise; ``expert.noise_schedule`` gives
 declared to the ledger before fine-tuning starts; the optimiser's ``noise_multiplier`` is
 set before every step from the same per-step list. ``expert.finetune=head`` trains only the
 final linear layer (pool features frozen): far less noise per useful weight on small sets.
+``expert.finetune=auto`` (the default) picks all weights, the head or no fine-tuning from the
+predicted noise-to-signal of a step (:func:`choose_finetuning`; public inputs only), so the
+expert is never a network the noise made worse than its start; ``expert=pool`` always uses
+the start.
 
 The alignment loss then uses only the expert and the pool, so it costs no extra privacy:
 for each distilled image, KL(expert's mean soft prediction on same-class pool images ||

@@ -340,7 +340,8 @@ def build_alignment(
             accuracy = pool_accuracy(expert, dataset)
     if metrics is not None:
         metrics["expert"] = {"test_acc": accuracy, **({} if finetune is None else finetune.to_dict())}
-        ctx.tracker.log("expert", {"test_acc": accuracy}, step=int(expert.info["steps"]))
+        ctx.tracker.log("expert", {"test_acc": accuracy, **({} if finetune is None else {
+            f"noise_to_signal_{k}": v for k, v in finetune.noise_to_signal.items()})}, step=int(expert.info["steps"]))
     return ExpertAlignment(
         expert.model, pool.images, pool.labels, num_classes=dataset.num_classes,
         temperature=cfg.expert.temperature, reference_per_class=cfg.expert.reference_per_class,
