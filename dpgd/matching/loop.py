@@ -25,6 +25,7 @@ from dpgd.matching.release import (
     NoiseSpec,
     class_means,
     clip_rows,
+    clipped_view_mean,
     fixed_per_class_batches,
     noise_schedule_fn,
     poisson_batches,
@@ -183,7 +184,7 @@ class FixedDpTarget:
         embed = embedding_fn(matcher_cfg)
         expected = counts.values.to(device=device, dtype=torch.float32)
         self.targets: list[torch.Tensor] = []
-        sigmas, bounds, estimates, shrink = [], [], [], []
+        bounds, estimates, shrink = [], [], []
         bar = progress_bar(networks, desc="match: release targets", disable=not progress, leave=False)
         for index, net in enumerate(bar):
             sigma = float(sigma_at(index))
@@ -203,19 +204,17 @@ class FixedDpTarget:
             if prior is not None and matcher_cfg.shrinkage and sigma > 0:
                 with torch.no_grad():
                     images, labels = prior
-                    syn = torch.stack([clip_rows(e, matcher_cfg.clip_norm) for e in views(images.to(device))]).mean(0)
+                    syn = clipped_view_mean(views(images.to(device)), matcher_cfg.clip_norm)
                     start = class_means(syn, labels.to(device), dataset.num_classes)
                 noise_std = sigma * matcher_cfg.clip_norm / expected.clamp(min=1e-12)
                 target, weights = shrink_towards(target, start, noise_std)
                 shrink.append(float(weights.mean()))
             self.targets.append(target)
-            sigmas.append(sigma)
             bounds.append(float(bound))
             estimates.append(float(estimate))
-        self.summary = {"sigma": sigmas[0] if sigmas else 0.0,
-                        "snr_bound": sum(bounds) / max(1, len(bounds)),
+        # What MatchingStats reports (averages over the released targets).
+        self.summary = {"snr_bound": sum(bounds) / max(1, len(bounds)),
                         "snr": sum(estimates) / max(1, len(estimates)),
-                        "targets": float(len(self.targets)),
                         "shrinkage_weight": sum(shrink) / len(shrink) if shrink else None}
 
 
@@ -385,7 +384,7 @@ def match(
     seconds = time.perf_counter() - start
     snr: dict[str, float | None] = {"snr_bound": None, "snr": None}
     if fixed is not None:
-        snr = {key: fixed.summary[key] for key in (*snr, "shrinkage_weight")}
+        snr = dict(fixed.summary)
     elif name == "dp_feature" and matcher_cfg.iterations > 0:
         snr = {key: float(value) / matcher_cfg.iterations for key, value in snr_sums.items()}
     stats = MatchingStats(

@@ -49,6 +49,12 @@ def privacy_request(matcher_cfg: Any, extractors: int) -> PrivacyNeed | None:
                        relative_pieces(matcher_cfg.noise_schedule, steps))
 
 
+def clipped_view_mean(views: list[torch.Tensor], clip_norm: float) -> torch.Tensor:
+    """Each row clipped to ``clip_norm`` in every view, then averaged over the views: one
+    record's contribution to a once-released class sum (norm <= C)."""
+    return torch.stack([clip_rows(view, clip_norm) for view in views]).mean(0)
+
+
 def release_class_sums_once(
     views: Callable[[torch.Tensor], list[torch.Tensor]],
     images: torch.Tensor,
@@ -70,12 +76,11 @@ def release_class_sums_once(
     sums: torch.Tensor | None = None
     for start in range(0, len(labels), batch_size):
         batch = images[start:start + batch_size].to(device)
-        embedded = views(batch)
-        record = torch.stack([clip_rows(e, clip_norm) for e in embedded]).mean(0)
+        record = clipped_view_mean(views(batch), clip_norm)
         if sums is None:
             sums = torch.zeros(num_classes, record.shape[1], dtype=record.dtype, device=device)
         sums.index_add_(0, labels[start:start + batch_size].to(device), record)
-        del embedded, record
+        del record
     if sums is None:
         raise ConfigError("matcher.release=once found no train records.")
     noise = torch.randn(sums.shape, generator=noise_generator, device=noise_generator.device, dtype=sums.dtype)
