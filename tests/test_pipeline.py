@@ -220,3 +220,5 @@ def test_epsilon_inf_runs_the_same_pipeline_without_noise(tmp_path, compose, mon
     assert math.isinf(privacy["epsilon"]) and not result.results["class_counts"]["noisy"]
     assert sigmas and set(sigmas) == {0.0}
     assert result.diagnostics["match"]["iterations"] == len(sigmas)
+    assert "match" not in result.results["stages"]  # no noise: no signal-to-noise (and no Infinity)
+    assert result.results["stages"]["expert"]["finetune"] == "all"  # sigma 0: nothing to fear

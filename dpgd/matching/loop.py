@@ -133,6 +133,8 @@ class DpTarget:
         if sigma > 0:  # sigma 0: the non-private run of the same mechanism releases nothing DP
             self.releases.record(sigma)
         target = noisy_sums / self.expected[:, None].clamp(min=1e-12)
+        if sigma == 0:  # the non-private run: no noise, no signal-to-noise to report
+            return target, {"sigma": sigma}
         snr_bound, snr = signal_to_noise(target, sigma, self.clip_norm, self.expected)
         return target, {"sigma": sigma, "snr_bound": snr_bound, "snr": snr}
 
@@ -200,7 +202,10 @@ class FixedDpTarget:
             if sigma > 0:
                 self.releases.record(sigma)
             target = sums / expected[:, None].clamp(min=1e-12)
-            bound, estimate = signal_to_noise(target, sigma, matcher_cfg.clip_norm, expected)
+            if sigma > 0:
+                bound, estimate = signal_to_noise(target, sigma, matcher_cfg.clip_norm, expected)
+                bounds.append(float(bound))
+                estimates.append(float(estimate))
             if prior is not None and matcher_cfg.shrinkage and sigma > 0:
                 with torch.no_grad():
                     images, labels = prior
@@ -210,11 +215,9 @@ class FixedDpTarget:
                 target, weights = shrink_towards(target, start, noise_std)
                 shrink.append(float(weights.mean()))
             self.targets.append(target)
-            bounds.append(float(bound))
-            estimates.append(float(estimate))
         # What MatchingStats reports (averages over the released targets).
-        self.summary = {"snr_bound": sum(bounds) / max(1, len(bounds)),
-                        "snr": sum(estimates) / max(1, len(estimates)),
+        self.summary = {"snr_bound": sum(bounds) / len(bounds) if bounds else None,
+                        "snr": sum(estimates) / len(estimates) if estimates else None,
                         "shrinkage_weight": sum(shrink) / len(shrink) if shrink else None}
 
 
@@ -314,7 +317,7 @@ def match(
 
     real_seen_before = real_seen
     # Sums over every iteration of the run (a resumed loop starts from the saved sums).
-    snr_sums: dict[str, torch.Tensor | float] = {"snr_bound": 0.0, "snr": 0.0}
+    snr_sums: dict[str, torch.Tensor | float] = {"snr_bound": 0.0, "snr": 0.0, "releases": 0.0}
     if checkpoint is not None and checkpoint.saved is not None:
         snr_sums.update(checkpoint.saved.get("snr_sums", {}))
     _synchronize(device)  # time the loop alone on CUDA (one sync before and after, none inside)
@@ -355,9 +358,9 @@ def match(
         loss = ((class_means(syn_emb, syn_full_labels, num_classes) - class_target) ** 2).sum()
         # Losses stay 0-dim device tensors: converting them here would make every iteration
         # wait for the device (a host sync); the consumer converts the ones it logs.
-        for key in snr_sums:
-            if key in target_metrics:
-                snr_sums[key] = snr_sums[key] + target_metrics[key]
+        if "snr" in target_metrics:
+            snr_sums = {"snr_bound": snr_sums["snr_bound"] + target_metrics["snr_bound"],
+                        "snr": snr_sums["snr"] + target_metrics["snr"], "releases": snr_sums["releases"] + 1}
         metrics: dict[str, float | torch.Tensor] = {"match_loss": loss.detach(), **target_metrics}
         if extra_loss is not None:
             aligned = extra_loss(syn_full, syn_full_labels)
@@ -385,8 +388,8 @@ def match(
     snr: dict[str, float | None] = {"snr_bound": None, "snr": None}
     if fixed is not None:
         snr = dict(fixed.summary)
-    elif name == "dp_feature" and matcher_cfg.iterations > 0:
-        snr = {key: float(value) / matcher_cfg.iterations for key, value in snr_sums.items()}
+    elif snr_sums["releases"]:
+        snr = {key: float(snr_sums[key]) / float(snr_sums["releases"]) for key in snr}
     stats = MatchingStats(
         **snr,
         iterations=matcher_cfg.iterations,
