@@ -166,6 +166,7 @@ class FixedDpTarget:
         noise_multiplier: NoiseSpec,
         noise_generator: torch.Generator,
         counts: ClassCounts | None,
+        dsa: DSA | None,
         augment_generator: torch.Generator,
         device: torch.device,
         releases: ReleaseLog | None = None,
@@ -180,9 +181,9 @@ class FixedDpTarget:
             raise ConfigError("matcher=dp_feature needs a positive noise multiplier from the budget plan.")
         self.synthetic_clip_norm = matcher_cfg.clip_norm
         self.releases = releases if releases is not None else ReleaseLog(COMPONENT)
-        self.dsa = DSA(matcher_cfg.dsa_strategy) if matcher_cfg.dsa else None
-        count = matcher_cfg.augmentations if self.dsa is not None else 1
-        self.params = [self.dsa.sample(augment_generator, device) for _ in range(count)] if self.dsa else [None]
+        self.dsa = dsa
+        self.params = ([dsa.sample(augment_generator, device) for _ in range(matcher_cfg.augmentations)]
+                       if dsa is not None else [None])
         embed = embedding_fn(matcher_cfg)
         expected = counts.values.to(device=device, dtype=torch.float32)
         self.targets: list[torch.Tensor] = []
@@ -199,21 +200,20 @@ class FixedDpTarget:
                 sums = release_class_sums_once(views, dataset.train_images, dataset.train_labels,
                                                dataset.num_classes, matcher_cfg.clip_norm, sigma, noise_generator,
                                                device)
-            if sigma > 0:
-                self.releases.record(sigma)
             target = sums / expected[:, None].clamp(min=1e-12)
-            if sigma > 0:
+            if sigma > 0:  # sigma 0 (epsilon=inf): nothing DP released, no SNR, nothing to shrink
+                self.releases.record(sigma)
                 bound, estimate = signal_to_noise(target, sigma, matcher_cfg.clip_norm, expected)
                 bounds.append(float(bound))
                 estimates.append(float(estimate))
-            if prior is not None and matcher_cfg.shrinkage and sigma > 0:
-                with torch.no_grad():
-                    images, labels = prior
-                    syn = clipped_view_mean(views(images.to(device)), matcher_cfg.clip_norm)
-                    start = class_means(syn, labels.to(device), dataset.num_classes)
-                noise_std = sigma * matcher_cfg.clip_norm / expected.clamp(min=1e-12)
-                target, weights = shrink_towards(target, start, noise_std)
-                shrink.append(float(weights.mean()))
+                if prior is not None and matcher_cfg.shrinkage:
+                    with torch.no_grad():
+                        images, labels = prior
+                        syn = clipped_view_mean(views(images.to(device)), matcher_cfg.clip_norm)
+                        start = class_means(syn, labels.to(device), dataset.num_classes)
+                    noise_std = sigma * matcher_cfg.clip_norm / expected.clamp(min=1e-12)
+                    target, weights = shrink_towards(target, start, noise_std)
+                    shrink.append(float(weights.mean()))
             self.targets.append(target)
         # What MatchingStats reports (averages over the released targets).
         self.summary = {"snr_bound": sum(bounds) / len(bounds) if bounds else None,
@@ -285,12 +285,13 @@ def match(
     name = matcher_cfg.name
     target: ClassTarget
     fixed: FixedDpTarget | None = None
+    dsa = DSA(matcher_cfg.dsa_strategy) if matcher_cfg.dsa else None
     if name == "dp_feature" and matcher_cfg.release == "once":
         if not isinstance(extractors, PoolTrainedExtractors):
             raise ConfigError("matcher.release=once needs matcher.extractors=pool_trained (fixed networks).")
         start = expand_multi_formation(images.detach(), labels, factor)
         fixed = FixedDpTarget(matcher_cfg, dataset, extractors, noise_multiplier, noise_generator, counts,
-                              generator, device, releases, progress, prior=start)
+                              dsa, generator, device, releases, progress, prior=start)
     elif name == "dp_feature":
         target = DpTarget(matcher_cfg, dataset, noise_multiplier, noise_generator, sampling_generator, counts, device,
                           releases)
@@ -307,7 +308,6 @@ def match(
     syn = images.detach().clone().to(device).requires_grad_(True)
     syn_labels = labels.to(device)
     optimiser = torch.optim.SGD([syn], lr=matcher_cfg.lr_images, momentum=matcher_cfg.momentum)
-    dsa = DSA(matcher_cfg.dsa_strategy) if matcher_cfg.dsa else None
 
     releases = fixed.releases if fixed is not None else getattr(target, "releases", releases)
     first_iteration = 0

@@ -35,8 +35,6 @@ def privacy_request(matcher_cfg: Any, extractors: int) -> PrivacyNeed | None:
         return None
     if matcher_cfg.release not in RELEASES:
         raise ConfigError(f"matcher.release={matcher_cfg.release} is unknown; choose {' or '.join(RELEASES)}.")
-    if matcher_cfg.embedding not in EMBEDDINGS:
-        raise ConfigError(f"matcher.embedding={matcher_cfg.embedding} is unknown; choose {' or '.join(EMBEDDINGS)}.")
     if matcher_cfg.release == "once":
         if matcher_cfg.noise_schedule.kind != "constant":
             raise ConfigError("matcher.release=once releases each target once: use matcher.noise_schedule.kind="
