@@ -18,6 +18,7 @@ from dpgd.errors import ConfigError
 from dpgd.expert import privacy_request as expert_privacy_request
 from dpgd.generators import privacy_request as generator_privacy_request
 from dpgd.matching import privacy_request as matcher_privacy_request
+from dpgd.pool_networks import snapshot_count
 from dpgd.privacy import ComponentRequest, NoisePlan, PrivacyNeed, plan_budget
 
 # How to switch off a component that has a need but no share of the budget.
@@ -28,7 +29,7 @@ def component_needs(cfg: TrainConfig) -> list[tuple[PrivacyNeed, float]]:
     """Each configured DP component's need and its share (``budget.<component>``)."""
     needs = []
     for need in (generator_privacy_request(cfg.generator), expert_privacy_request(cfg.expert),
-                 matcher_privacy_request(cfg.matcher, extractors=cfg.pool_nets.count * cfg.pool_nets.snapshots)):
+                 matcher_privacy_request(cfg.matcher, extractors=snapshot_count(cfg.pool_nets))):
         if need is None:
             continue
         share = float(getattr(cfg.budget, need.component))

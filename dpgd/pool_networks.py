@@ -50,6 +50,12 @@ FAMILY_RECIPE = replace(POOL_RECIPE, lr_drop_at_half=False)
 CACHE_VERSION = 1
 
 
+def snapshot_count(cfg: PoolNetsConfig) -> int:
+    """How many networks matching draws from (every snapshot of every pool network): with
+    ``matcher.release=once``, one DP release each."""
+    return cfg.count * cfg.snapshots
+
+
 def check_pool_nets_settings(cfg: PoolNetsConfig) -> None:
     """The family's sizes (judged before any data is read)."""
     if cfg.count < 1 or cfg.snapshots < 1 or cfg.epochs < cfg.snapshots:

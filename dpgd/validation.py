@@ -14,7 +14,7 @@ import torch
 from dpgd.config import TrainConfig
 from dpgd.errors import ConfigError
 from dpgd.initialisation import check_init
-from dpgd.pool_networks import check_pool_nets_settings
+from dpgd.pool_networks import check_pool_nets_settings, snapshot_count
 from dpgd.matching.release import EMBEDDINGS, privacy_request as matcher_privacy_request
 from dpgd.generators.pe_sources import check_source_settings
 from dpgd.privacy.schedules import relative_pieces
@@ -101,7 +101,7 @@ def check_stage_combinations(cfg: TrainConfig) -> None:
         relative_pieces(cfg.expert.noise_schedule, cfg.expert.steps)
     if cfg.matcher.name == "dp_feature":
         relative_pieces(cfg.matcher.noise_schedule, cfg.matcher.iterations)
-        matcher_privacy_request(cfg.matcher, extractors=cfg.pool_nets.count * cfg.pool_nets.snapshots)
+        matcher_privacy_request(cfg.matcher, extractors=snapshot_count(cfg.pool_nets))
     if cfg.matcher.embedding not in EMBEDDINGS:
         raise ConfigError(f"matcher.embedding={cfg.matcher.embedding} is unknown; choose {' or '.join(EMBEDDINGS)}.")
     if cfg.generator.name == "pe":
