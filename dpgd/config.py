@@ -369,7 +369,9 @@ class LoggerConfig:
     # folder>/wandb/offline-run-*` uploads later) | online | disabled
     mode: str = "offline"
     init_timeout_s: float = 30.0
-    log_artifact: bool = False
+    # Log the release (results.json, privacy_ledger.json, distilled.pt, distilled.png) as one
+    # W&B artifact of type "release"; never the private/ folder.
+    log_artifact: bool = True
 
 
 @dataclass

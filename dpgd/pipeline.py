@@ -55,6 +55,8 @@ log = logging.getLogger("dpgd")
 @dataclass
 class StageTimer:
     seconds: dict[str, float] = field(default_factory=dict)
+    # The innermost stage a Ctrl-C stopped (for "interrupted in stage X").
+    interrupted: str | None = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -66,6 +68,7 @@ class StageTimer:
             outcome = "done"
         except KeyboardInterrupt:
             outcome = "interrupted"
+            self.interrupted = self.interrupted or name
             raise
         finally:
             self.seconds[name] = round(time.perf_counter() - start, 3)

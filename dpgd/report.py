@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from dpgd.privacy import PrivacyLedger
 from dpgd.privacy.ledger import split_record
 from dpgd.results import (
-    DIAGNOSTICS_FILE, DISTILLED_FILE, LEDGER_FILE, MIA_FILE, RELEASE_DIR, RESULTS_FILE, load_distilled, private_dir, read_results,
+    DIAGNOSTICS_FILE, DISTILLED_FILE, JOB_FILE, LEDGER_FILE, MIA_FILE, RELEASE_DIR, RESULTS_FILE, load_distilled, private_dir, read_json, read_results,
     release_dir,
 )
 
@@ -39,26 +39,54 @@ class RunRecord:
         return float(self.results["epsilon_target"])
 
     @property
+    def swept(self) -> dict[str, str]:
+        """The keys the run's sweep varied, with this run's values (its ``job.json``; {} for a
+        single run or one made by a script)."""
+        path = self.run_dir / JOB_FILE
+        return dict(read_json(path).get("swept") or {}) if path.is_file() else {}
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.parent if self.folder.name == RELEASE_DIR else self.folder
+
+    @property
     def mia(self) -> dict[str, Any] | None:
         """The attack's results from the run's ``private/mia.json`` (never in the release)."""
-        folder = self.folder.parent if self.folder.name == RELEASE_DIR else self.folder
-        path = private_dir(folder) / MIA_FILE
+        path = private_dir(self.run_dir) / MIA_FILE
         if path.is_file():
-            return json.loads(path.read_text())
+            return read_json(path)
         legacy = self.results.get("mia")  # runs written before the release/private split
         return legacy if isinstance(legacy, dict) else None
 
 
 @dataclass(frozen=True)
 class Row:
+    """One table row: the runs of one setting, i.e. equal in everything but the seed."""
+
     dataset: str
     method: str
     epsilon_target: float
     ipc: int
     runs: int
     acc_mean: float
+    # The sample std over seeds (runs > 1), else over the single run's evaluation models.
     acc_std: float
     epsilon_spent: float
+    delta: float = 1e-5
+    # Other keys the sweep varied (not seed, epsilon, ipc, method, dataset), sorted.
+    setting: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def std_over(self) -> str:
+        return "seeds" if self.runs > 1 else "eval models"
+
+    @property
+    def setting_label(self) -> str:
+        return " ".join(f"{key}={value}" for key, value in self.setting)
+
+
+# Swept keys that a row already shows (or averages over: the seed).
+ROW_KEYS = {"seed", "epsilon", "ipc", "method", "dataset"}
 
 
 # Data set names the comparison scripts accept: Hydra overrides for each. cifar10-mini is
@@ -119,86 +147,114 @@ def finished_results(folder: Path, resolved_config: dict[str, Any]) -> dict[str,
 def read_diagnostics(run_dir: Path) -> dict[str, Any]:
     """A run's private ``diagnostics.json`` (timings, memory), or {} when absent."""
     path = private_dir(Path(run_dir)) / DIAGNOSTICS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def aggregate(runs: Iterable[RunRecord]) -> list[Row]:
-    """One row per (data set, method, epsilon, ipc): mean and sample std over seeds of the run means.
+    """One row per setting: (data set, method, epsilon, ipc, delta, every other swept key),
+    with the mean and sample std over seeds of the run means.
 
-    The sample (n-1) std, so a margin "larger than the std" over 3 seeds is not flattered.
-    A single run's std is the std over its own evaluation models.
+    A key the sweep varied (``expert.finetune=all,head``) separates rows, never averages. The
+    sample (n-1) std, so a margin "larger than the std" over 3 seeds is not flattered; a
+    single run's std is the std over its own evaluation models (``Row.std_over`` says which).
     """
-    groups: dict[tuple[str, str, float, int], list[RunRecord]] = {}
+    groups: dict[tuple[Any, ...], list[RunRecord]] = {}
     for run in runs:
-        key = (str(run.results["dataset"]), run.method, run.epsilon, int(run.results["ipc"]))
+        setting = tuple(sorted((k, v) for k, v in run.swept.items() if k not in ROW_KEYS))
+        key = (str(run.results["dataset"]), run.method, run.epsilon, int(run.results["ipc"]),
+               float(run.results.get("delta", 1e-5)), setting)
         groups.setdefault(key, []).append(run)
     rows = []
-    for (dataset, method, epsilon, ipc), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
+    for (dataset, method, epsilon, ipc, delta, setting), members in sorted(groups.items(), key=lambda kv: kv[0]):
         means = [float(m.results["test_acc_mean"]) for m in members]
         std = statistics.stdev(means) if len(means) > 1 else float(members[0].results.get("test_acc_std", 0.0))
         spent = max(float(m.results["privacy"]["epsilon"]) for m in members)
-        rows.append(Row(dataset, method, epsilon, ipc, len(members), statistics.fmean(means), std, spent))
+        rows.append(Row(dataset, method, epsilon, ipc, len(members), statistics.fmean(means), std, spent, delta, setting))
     return rows
 
 
 def _fmt_eps(value: float) -> str:
-    return "inf" if math.isinf(value) else f"{value:.3g}"
+    return "inf" if math.isinf(value) else f"{value:.4g}"
 
 
 def markdown_table(rows: list[Row]) -> str:
+    with_setting = any(r.setting for r in rows)
     lines = [
-        "| data set | method | epsilon target | IPC | runs | test acc % (mean +- std) | epsilon spent |",
-        "|---|---|---|---|---|---|---|",
+        "| data set | method |" + (" setting |" if with_setting else "")
+        + " epsilon target | IPC | runs | test acc % (mean +- std) | std over | epsilon spent |",
+        "|---|---|" + ("---|" if with_setting else "") + "---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.dataset} | {r.method} | {_fmt_eps(r.epsilon_target)} | {r.ipc} | {r.runs} "
-            f"| {r.acc_mean:.2f} +- {r.acc_std:.2f} | {_fmt_eps(r.epsilon_spent)} |"
+            f"| {r.dataset} | {r.method} |" + (f" {r.setting_label} |" if with_setting else "")
+            + f" {_fmt_eps(r.epsilon_target)} | {r.ipc} | {r.runs} "
+            f"| {r.acc_mean:.2f} +- {r.acc_std:.2f} | {r.std_over} | {_fmt_eps(r.epsilon_spent)} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
+    """The table as CSV: accuracies to 2 decimals (as in the table), epsilons to 4 digits."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["dataset", "method", "epsilon_target", "ipc", "runs", "acc_mean", "acc_std", "epsilon_spent"])
+        writer.writerow(["dataset", "method", "setting", "epsilon_target", "ipc", "delta", "runs", "acc_mean",
+                         "acc_std", "std_over", "epsilon_spent"])
         for r in rows:
-            writer.writerow([r.dataset, r.method, r.epsilon_target, r.ipc, r.runs, f"{r.acc_mean:.4f}", f"{r.acc_std:.4f}", r.epsilon_spent])
+            writer.writerow([r.dataset, r.method, r.setting_label, _fmt_eps(r.epsilon_target), r.ipc, f"{r.delta:g}",
+                             r.runs, f"{r.acc_mean:.2f}", f"{r.acc_std:.2f}", r.std_over, _fmt_eps(r.epsilon_spent)])
 
 
-def plot_accuracy(rows: list[Row], path: Path) -> None:
-    """Test accuracy against epsilon (log scale), one line per (data set, method), error bars.
+def plot_accuracy(rows: list[Row], path: Path) -> tuple[str, list[str]]:
+    """Test accuracy against epsilon (log scale, ticks at the swept epsilons): one line per
+    setting (method, and the data set, IPC and other swept keys where they vary), error bars
+    = std over seeds with n in the legend (a single seed has none, and says so).
 
-    Non-private rows (epsilon=inf) are drawn as a dashed horizontal reference line.
+    Non-private rows (epsilon=inf) are drawn as dashed horizontal reference lines. Returns
+    the title and the legend's labels (what a reader sees without the README).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    series: dict[tuple[str, str], list[Row]] = {}
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    series: dict[tuple[Any, ...], list[Row]] = {}
     for r in rows:
-        series.setdefault((r.dataset, r.method), []).append(r)
-    finite = [r.epsilon_target for r in rows if math.isfinite(r.epsilon_target)]
-    for (dataset, method), members in series.items():
-        label = f"{method} ({dataset})" if len({r.dataset for r in rows}) > 1 else method
+        series.setdefault((r.dataset, r.method, r.ipc, r.setting), []).append(r)
+    varies = {name: len({getattr(r, name) for r in rows}) > 1 for name in ("dataset", "ipc")}
+    finite = sorted({r.epsilon_target for r in rows if math.isfinite(r.epsilon_target)})
+    for (dataset, method, ipc, setting), members in series.items():
+        parts = [method] + ([dataset] if varies["dataset"] else []) + ([f"IPC {ipc}"] if varies["ipc"] else [])
+        parts += [f"{key}={value}" for key, value in setting]
+        seeds = sorted({r.runs for r in members})
+        n_label = "1 seed, no error bar" if seeds == [1] else f"n={'/'.join(map(str, seeds))} seeds"
+        label = f"{', '.join(parts)} ({n_label})"
         points = sorted((r for r in members if math.isfinite(r.epsilon_target)), key=lambda r: r.epsilon_target)
         if points:
             ax.errorbar([p.epsilon_target for p in points], [p.acc_mean for p in points],
-                        yerr=[p.acc_std for p in points], marker="o", capsize=3, label=label)
+                        yerr=[p.acc_std if p.runs > 1 else 0.0 for p in points], marker="o", capsize=3, label=label)
         for r in members:
             if math.isinf(r.epsilon_target):
                 ax.axhline(r.acc_mean, linestyle="--", linewidth=1, color="grey", label=f"{label}, non-private")
     if finite:
         ax.set_xscale("log")
-    ax.set_xlabel("epsilon (target)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+        ax.xaxis.set_major_locator(FixedLocator(finite))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{e:g}" for e in finite])
+    datasets = ", ".join(sorted({r.dataset for r in rows}))
+    ipcs = "/".join(str(i) for i in sorted({r.ipc for r in rows}))
+    deltas = "/".join(f"{d:g}" for d in sorted({r.delta for r in rows}))
+    title = f"{datasets}: test accuracy vs privacy budget (IPC {ipcs}, delta {deltas})"
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("epsilon (target of each run)")
+    ax.set_ylabel("test accuracy (%): mean, bars = std over seeds")
+    ax.grid(True, which="major", alpha=0.3)
+    legend = ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return title, [text.get_text() for text in legend.get_texts()]
 
 
 def plot_roc_overlay(runs: list[RunRecord], path: Path) -> bool:

@@ -10,7 +10,8 @@ A run folder holds:
   device, cache use: they depend on N and on the Poisson batch sizes), the membership
   attack's ``mia.json``, ``mia_roc.png`` and ``mia_shadows/`` (per-record scores), and
   ``checkpoints/`` (stage outputs for resuming, :mod:`dpgd.checkpoints`).
-- Hydra's ``train.log`` and ``.hydra/``, and ``wandb/``, are the owner's too.
+- Hydra's ``train.log`` and ``.hydra/``, ``job.json`` (a CLI job's overrides and swept keys),
+  and ``wandb/``, are the owner's too.
 
 These files are the product's contract with users and downstream scripts
 (``scripts/summarize.py``, ``scripts/compare_methods.py``); change keys with care.
@@ -19,6 +20,7 @@ These files are the product's contract with users and downstream scripts
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ GRID_FILE = "distilled.png"
 LEDGER_FILE = "privacy_ledger.json"
 DIAGNOSTICS_FILE = "diagnostics.json"
 MIA_FILE = "mia.json"
+JOB_FILE = "job.json"
 RELEASE_DIR = "release"
 PRIVATE_DIR = "private"
 
@@ -59,26 +62,51 @@ def _in_release(path: Path, name: str) -> Path:
     return release_dir(path) / name
 
 
+# Strict JSON has no Infinity or NaN: such floats (epsilon=inf of a non-private run) are
+# written as these strings, which float() parses back; read_results restores them.
+NON_FINITE = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
+
+
 def _json_ready(value: Any) -> Any:
-    """Floats stay floats (``Infinity`` is written explicitly); tensors become lists."""
+    """Non-finite floats become ``"inf"``/``"-inf"``/``"nan"``; tensors become lists."""
     if isinstance(value, dict):
         return {str(k): _json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     if isinstance(value, torch.Tensor):
-        return value.tolist()
+        return _json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return NON_FINITE.get(value, value) if isinstance(value, str) else value
+
+
+def to_json(payload: Any) -> str:
+    """Strict JSON (no ``Infinity``), indented: results, ledgers and reports."""
+    return json.dumps(_json_ready(payload), indent=2, allow_nan=False)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically: a killed run never leaves a half-written results or ledger file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(_json_ready(payload), indent=2, allow_nan=True) + "\n", path)
+    atomic_write_text(to_json(payload) + "\n", path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file written by :func:`write_json`, with ``"inf"`` etc. back as floats."""
+    return _from_json(json.loads(Path(path).read_text()))
 
 
 def read_results(path: Path) -> dict[str, Any]:
     """Read a ``results.json`` (given directly, or its run folder or release folder)."""
-    return json.loads(_in_release(path, RESULTS_FILE).read_text())
+    return read_json(_in_release(path, RESULTS_FILE))
 
 
 def save_distilled(

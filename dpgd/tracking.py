@@ -12,6 +12,8 @@ so W&B gets only what stages log explicitly.
 from __future__ import annotations
 
 import logging
+import math
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,11 +37,14 @@ class Tracker:
     def summary(self, values: dict[str, Any]) -> None:
         pass
 
-    def log_file_artifact(self, name: str, kind: str, path: Path) -> None:
+    def log_files_artifact(self, name: str, kind: str, paths: Sequence[Path]) -> None:
         pass
 
     def finish(self, exit_code: int = 0) -> None:
         pass
+
+    def discard(self) -> None:
+        """End a run that stopped on a user error: nothing in it is worth uploading."""
 
 
 class WandbTracker(Tracker):
@@ -74,15 +79,24 @@ class WandbTracker(Tracker):
         for key, value in values.items():
             self._run.summary[key] = value
 
-    def log_file_artifact(self, name: str, kind: str, path: Path) -> None:
+    def log_files_artifact(self, name: str, kind: str, paths: Sequence[Path]) -> None:
         import wandb
 
         artifact = wandb.Artifact(name=name, type=kind)
-        artifact.add_file(str(path))
+        for path in paths:
+            artifact.add_file(str(path))
         self._run.log_artifact(artifact)
 
     def finish(self, exit_code: int = 0) -> None:
         self._run.finish(exit_code=exit_code)
+
+    def discard(self) -> None:
+        """Finish as failed and delete an offline run's folder, so `wandb sync` never uploads
+        a run that a bad setting stopped (an online run stays, marked failed)."""
+        offline, folder = self._run.offline, Path(self._run.settings.sync_dir)
+        self._run.finish(exit_code=2)
+        if offline:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def release_safe_settings(logger_cfg: Any, **extra: Any) -> Any:
@@ -94,18 +108,35 @@ def release_safe_settings(logger_cfg: Any, **extra: Any) -> Any:
     return wandb.Settings(init_timeout=logger_cfg.init_timeout_s, console="off", x_disable_stats=True, **extra)
 
 
+def run_name(method: str, epsilon: float, ipc: int, seed: int, swept: dict[str, str]) -> str:
+    """``dpgd eps=1 ipc=10 seed=0`` plus the sweep's other keys: readable in a W&B table and
+    unique within a sweep (W&B cuts names at 128 characters)."""
+    eps = "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+    extra = [f"{key}={value}" for key, value in swept.items() if key not in {"epsilon", "ipc", "seed", "method"}]
+    return " ".join([f"{method} eps={eps} ipc={ipc} seed={seed}", *extra])[:128]
+
+
+def sweep_group(sweep_dir: Path) -> str:
+    """A sweep's W&B group: its folder's last two parts (``2026-11-29/12-00-00`` with the
+    default ``multirun/<date>/<time>``), so sweeps on different days never share a group."""
+    sweep_dir = Path(sweep_dir)
+    return f"{sweep_dir.parent.name}/{sweep_dir.name}" if sweep_dir.parent.name else sweep_dir.name
+
+
 def open_tracker(
     logger_cfg: Any,
     config: dict[str, Any],
     output_dir: Path,
-    default_name: str,
-    default_group: str | None,
+    name: str,
+    group: str | None,
+    tags: Sequence[str] = (),
     run_id: str | None = None,
 ) -> Tracker:
     """Start the configured tracker for one run; every run gets its own W&B run.
 
-    ``run_id`` (a resumable run's, kept in its checkpoints) makes a rerun that continues the
-    run log into the same W&B run (``resume="allow"``).
+    ``logger.run_name``, ``logger.group`` and ``logger.tags`` override or extend ``name``,
+    ``group`` and ``tags``. ``run_id`` (a resumable run's, kept in its checkpoints) makes a
+    rerun that continues the run log into the same W&B run (``resume="allow"``).
     """
     if logger_cfg.name == "none" or logger_cfg.mode == "disabled":
         return Tracker()
@@ -118,10 +149,10 @@ def open_tracker(
     kwargs = dict(
         project=logger_cfg.project,
         entity=logger_cfg.entity,
-        group=logger_cfg.group or default_group,
+        group=logger_cfg.group or group,
         job_type=logger_cfg.job_type,
-        tags=list(logger_cfg.tags),
-        name=logger_cfg.run_name or default_name,
+        tags=list(dict.fromkeys([*tags, *logger_cfg.tags])),
+        name=logger_cfg.run_name or name,
         config=config,
         dir=str(output_dir),
         reinit="finish_previous",

@@ -9,8 +9,8 @@ user errors (:class:`~dpgd.errors.DpgdError`) into one short message and exit st
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import os
 import platform
 import resource
 import sys
@@ -21,7 +21,9 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from dpgd import results as artifacts
 from dpgd.allocator import tune_for_training
@@ -36,8 +38,8 @@ from dpgd.mia.stage import check_mia, check_mia_settings, run_attack
 from dpgd.pipeline import StageTimer, distill, run_noise
 from dpgd.privacy import PrivacyLedger
 from dpgd.privacy.summary import ledger_document, privacy_summary
-from dpgd.tracking import Tracker, open_tracker
-from dpgd.validation import check_config, is_private, resolve_device
+from dpgd.tracking import Tracker, open_tracker, run_name as tracking_run_name, sweep_group
+from dpgd.validation import check_config, is_private, method_label, resolve_device
 
 log = logging.getLogger("dpgd")
 
@@ -70,6 +72,15 @@ class RunResult:
         return artifacts.private_dir(self.output_dir)
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: which stage it stopped (the resume point) and the run folder."""
+
+    def __init__(self, stage: str, output_dir: Path) -> None:
+        super().__init__(stage)
+        self.stage = stage
+        self.output_dir = output_dir
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak GPU memory on CUDA, else the process's peak resident memory."""
     if device.type == "cuda":
@@ -78,12 +89,13 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak_kb / 1024 if platform.system() != "Darwin" else peak_kb / 2**20
 
 
-def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str = "dpgd",
-        run_group: str | None = None) -> RunResult:
+def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str | None = None,
+        run_group: str | None = None, swept: dict[str, str] | None = None) -> RunResult:
     """Run the configured pipeline once and write its artifacts into ``output_dir``.
 
     The composed config is converted to :class:`~dpgd.config.TrainConfig` dataclasses here,
-    once; every stage below reads typed fields.
+    once; every stage below reads typed fields. The W&B run is named ``run_name`` or, by
+    default, from the method, epsilon, IPC, seed and the ``swept`` overrides of a sweep.
     """
     cfg = typed(config)
     tune_for_training(cfg.cpu_allocator)  # glibc: keep freed training memory (dpgd.allocator)
@@ -109,8 +121,8 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str = "dpg
                     "differentially private (anyone with the seed can regenerate the noise).")
     ledger = PrivacyLedger(release_id=checkpoints.release_id if checkpoints else None)
 
-    tracker: Tracker = open_tracker(cfg.logger, resolved, output_dir, run_name, run_group,
-                                    run_id=checkpoints.wandb_run_id if checkpoints else None)
+    method = method_label(cfg)
+    tracker = Tracker()  # W&B starts once the config and the data have passed their checks
     exit_code = 1
     try:
         with timer.stage("data"):
@@ -118,6 +130,12 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str = "dpg
             check_mia(cfg, dataset)
         log.info("data set %s: %d classes, %s x %s", dataset.name, dataset.num_classes,
                  dataset.channels, dataset.image_size)
+        tracker = open_tracker(
+            cfg.logger, resolved, output_dir,
+            name=run_name or tracking_run_name(method, cfg.epsilon, cfg.ipc, cfg.seed, swept or {}),
+            group=run_group, tags=[method, dataset.name, f"ipc={cfg.ipc}"],
+            run_id=checkpoints.wandb_run_id if checkpoints else None,
+        )
 
         stage_metrics: dict[str, Any] = {}
         release = distill(cfg, dataset, plan, ledger, device=device, tracker=tracker, timer=timer,
@@ -143,7 +161,7 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str = "dpg
         privacy = privacy_summary(ledger, epsilon_target=cfg.epsilon, delta=cfg.delta, noise=noise)
         results = {
             "dataset": dataset.name,
-            "method": cfg.method,
+            "method": method,
             "ipc": cfg.ipc,
             "seed": cfg.seed,
             "epsilon_target": cfg.epsilon,
@@ -183,8 +201,17 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str = "dpg
             diagnostics["mia"] = mia
         exit_code = 0
         return RunResult(output_dir=output_dir, results=results, distilled=distilled, diagnostics=diagnostics)
+    except DpgdError:
+        exit_code = 2
+        raise
+    except KeyboardInterrupt:
+        exit_code = 130
+        raise RunInterrupted(timer.interrupted or "between stages", output_dir) from None
     finally:
-        tracker.finish(exit_code=exit_code)
+        if exit_code == 2:
+            tracker.discard()
+        else:
+            tracker.finish(exit_code=exit_code)
 
 
 def finished_run(cfg: TrainConfig, output_dir: Path, device: torch.device) -> RunResult:
@@ -196,11 +223,11 @@ def finished_run(cfg: TrainConfig, output_dir: Path, device: torch.device) -> Ru
     distilled = DistilledSet(payload.stored_images, payload.stored_labels, factor=payload.factor)
     private = artifacts.private_dir(output_dir)
     diagnostics_file = private / artifacts.DIAGNOSTICS_FILE
-    diagnostics = json.loads(diagnostics_file.read_text()) if diagnostics_file.is_file() else {}
+    diagnostics = artifacts.read_json(diagnostics_file) if diagnostics_file.is_file() else {}
     mia_file = private / artifacts.MIA_FILE
     if cfg.mia.name != "none":
         if mia_file.is_file():
-            diagnostics["mia"] = json.loads(mia_file.read_text())
+            diagnostics["mia"] = artifacts.read_json(mia_file)
         else:
             dataset = load_dataset(cfg.dataset, seed=cfg.seed)
             check_mia(cfg, dataset)
@@ -247,7 +274,8 @@ def write_release(
     })
 
     if cfg.logger.log_artifact:
-        tracker.log_file_artifact(f"distilled-{dataset.name}", "distilled-set", release / artifacts.DISTILLED_FILE)
+        release_files = [artifacts.RESULTS_FILE, artifacts.LEDGER_FILE, artifacts.DISTILLED_FILE, artifacts.GRID_FILE]
+        tracker.log_files_artifact(f"release-{dataset.name}", "release", [release / name for name in release_files])
     status = "" if privacy["dp"] else " (NOT DP)" if is_private(cfg) else " (non-private run)"
     log.info("test accuracy %.2f +- %.2f %% | epsilon %.4g%s | release in %s",
              results["test_acc_mean"], results["test_acc_std"], privacy["epsilon"], status, release)
@@ -261,25 +289,116 @@ def write_private(output_dir: Path, diagnostics: dict[str, Any], mia: dict[str, 
         artifacts.write_json(private / artifacts.MIA_FILE, mia)
 
 
-def hydra_run_identity() -> tuple[Path, str, str | None]:
-    """Output folder, W&B run name (the overrides) and group (the sweep) of this job."""
+@dataclass(frozen=True)
+class JobIdentity:
+    """Where a Hydra job writes, its overrides, the keys its sweep varies and its W&B group."""
+
+    output_dir: Path
+    overrides: list[str]
+    swept: dict[str, str]
+    group: str | None
+    job_num: int | None
+
+
+def hydra_job_identity() -> JobIdentity:
+    """This job's identity from Hydra. A sweep's swept keys are those whose command-line
+    override is a sweep (``epsilon=1,10``, ``range(...)``, ``choice(...)``), with this job's value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     hydra_cfg = HydraConfig.get()
-    output_dir = Path(hydra_cfg.runtime.output_dir)
-    overrides = ",".join(hydra_cfg.overrides.task) or "defaults"
-    group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode.name == "MULTIRUN" else None
-    return output_dir, overrides, group
+    overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode.name != "MULTIRUN":
+        return JobIdentity(Path(hydra_cfg.runtime.output_dir), overrides, {}, None, None)
+    parsed_command = OverridesParser.create().parse_overrides([o for o in sys.argv[1:] if "=" in o and not o.startswith("-")])
+    swept_keys = {o.get_key_element() for o in parsed_command if o.is_sweep_override()}
+    this_job = {o.get_key_element(): o.value() for o in OverridesParser.create().parse_overrides(overrides)}
+    swept = {key: str(this_job[key]) for key in sorted(swept_keys) if key in this_job}
+    return JobIdentity(Path(hydra_cfg.runtime.output_dir), overrides, swept,
+                       sweep_group(Path(hydra_cfg.sweep.dir)), int(hydra_cfg.job.num))
+
+
+def write_job_file(job: JobIdentity) -> None:
+    """``job.json``: the job's overrides and swept keys beside its output (job folders are
+    numbered, so the folder name no longer says what ran); read by ``scripts/summarize.py``."""
+    artifacts.write_json(job.output_dir / artifacts.JOB_FILE, {
+        "overrides": job.overrides, "swept": job.swept, "job_num": job.job_num, "sweep_group": job.group,
+    })
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dpgd.configs", config_name="train")
 def main(cfg: DictConfig) -> float:
-    output_dir, name, group = hydra_run_identity()
+    global _TASK_STARTED
+    _TASK_STARTED = True
+    job = hydra_job_identity()
+    write_job_file(job)
     try:
-        return run(cfg, output_dir, run_name=name, run_group=group).test_acc_mean
+        return run(cfg, job.output_dir, run_group=job.group, swept=job.swept).test_acc_mean
     except DpgdError as err:
-        log.error("%s", err)
+        record_in_log_files(f"dpgd: error: {err}")
         print(f"dpgd: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except RunInterrupted as stop:
+        message = (f"dpgd: interrupted in stage {stop.stage}; rerun the same command with "
+                   f"hydra.run.dir={stop.output_dir} to resume")
+        record_in_log_files(message)
+        print(message, file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+# Set once Hydra has composed the config and called main: an exception after that is the
+# run's own (a bug keeps its traceback), one before it is the user's command line.
+_TASK_STARTED = False
+
+
+def cli() -> None:
+    """The ``dpgd`` console script: Hydra's entry point with every user error as one line on
+    stderr and exit status 2 (Hydra's own composition errors print several lines and exit 1),
+    and Ctrl-C as exit status 130. ``HYDRA_FULL_ERROR=1`` keeps Hydra's full report."""
+    user_wants_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach the handler below
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as err:
+        if user_wants_full_error or _TASK_STARTED:
+            raise
+        print(f"dpgd: error: {one_line(err)} (`dpgd --help` lists the groups, `dpgd --cfg job` the settings)",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("dpgd: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def one_line(err: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line messages (with their cause) as one line: an
+    indented option list joined by commas, search paths and object dumps dropped."""
+    parts: list[str] = []
+    options: list[str] = []
+    for exc in (err, err.__cause__):
+        for line in ("" if exc is None else str(exc)).splitlines():
+            text = line.strip()
+            if line.startswith("\t") and parts and parts[-1].endswith(":"):
+                options.append(text)
+                continue
+            if options:
+                parts[-1] += " " + ", ".join(options)
+                options = []
+            if text.startswith("Config search path"):
+                break
+            if text and not text.startswith(("full_key:", "object_type=", "See https://", "Set the env")):
+                parts.append(text)
+    if options:
+        parts[-1] += " " + ", ".join(options)
+    return " ".join(part if part.endswith((".", ":", "?", "!")) else part + "." for part in parts)
+
+
+def record_in_log_files(message: str) -> None:
+    """Write an error to the run's ``train.log`` only: the console gets it once, on stderr."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers + log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 if __name__ == "__main__":
-    main()
+    cli()

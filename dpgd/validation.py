@@ -35,6 +35,35 @@ def is_private(cfg: TrainConfig) -> bool:
     return math.isfinite(cfg.epsilon)
 
 
+# What each preset runs: (a DP pool is generated, init, matcher, a DP expert is trained).
+# A run labelled with a preset's name but running other components is labelled by them.
+PRESET_COMPONENTS: dict[str, tuple[bool, str, str, bool]] = {
+    "dpgeng": (True, "kmeans", "dp_feature", True),
+    "dpgeng_no_expert": (True, "kmeans", "dp_feature", False),
+    "dpgeng_init_only": (True, "kmeans", "none", False),
+    "dpgeng_match_only": (True, "noise", "dp_feature", False),
+    "ndpdc": (False, "noise", "dp_feature", False),
+    "dm": (False, "noise", "dm", False),
+    "leaky_baseline": (False, "real", "none", False),
+}
+# Presets whose method is non-private by definition (their label needs no warning).
+NON_PRIVATE_METHODS = {"dm", "leaky_baseline"}
+
+
+def method_label(cfg: TrainConfig) -> str:
+    """The method as what runs, for results, W&B and reports: ``cfg.method`` when it is free
+    text or a preset whose components run, else the components (``dp_merf+kmeans+dm``); a
+    private method run at epsilon=inf says so."""
+    runs = (cfg.generator.name != "none", cfg.init.name, cfg.matcher.name, cfg.expert.name != "none")
+    label = cfg.method
+    if label in PRESET_COMPONENTS and PRESET_COMPONENTS[label] != runs:
+        parts = [cfg.generator.name, cfg.init.name, cfg.matcher.name, "expert" if runs[3] else "none"]
+        label = "+".join(part for part in parts if part != "none")
+    if not is_private(cfg) and label not in NON_PRIVATE_METHODS:
+        label += " (non-private)"
+    return label
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Static checks: values and combinations that are wrong whatever the data."""
     epsilon = cfg.epsilon

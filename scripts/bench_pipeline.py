@@ -15,13 +15,14 @@ change to a hot path, and put both tables in the change's note.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from dpgd.results import read_json, read_results
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("plan", "data", "counts", "generate", "pool_nets", "init", "expert", "match", "eval")
@@ -42,8 +43,8 @@ def run_method(method: str, dataset: str, overrides: list[str], folder: Path) ->
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    diagnostics = json.loads((folder / "private" / "diagnostics.json").read_text())
-    results = json.loads((folder / "release" / "results.json").read_text())
+    diagnostics = read_json(folder / "private" / "diagnostics.json")
+    results = read_results(folder)
     return {"process": seconds, "timings": diagnostics["timings_s"], "peak_mb": diagnostics["peak_memory_mb"],
             "acc": results["test_acc_mean"], "epsilon": results["privacy"]["epsilon"]}
 

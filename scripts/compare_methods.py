@@ -16,12 +16,11 @@ the same --out) and a last call with everything prints the whole table.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 from dpgd.report import DATASETS, RunRecord, aggregate, dataset_overrides, markdown_table, read_diagnostics, run_or_reuse
-from dpgd.results import release_dir
+from dpgd.results import release_dir, to_json
 
 METHODS = {
     "dpgeng": ["experiment=dpgeng"],
@@ -72,7 +71,7 @@ def main() -> None:
     (args.out / "comparison.md").write_text(table)
     payload = {"dataset": args.dataset, "ipc": args.ipc, "seeds": args.seeds, "overrides": args.set,
                "rows": [row.__dict__ for row in rows], "runs": runs_json}
-    (args.out / "comparison.json").write_text(json.dumps(payload, indent=2, allow_nan=True))
+    (args.out / "comparison.json").write_text(to_json(payload) + "\n")
 
 
 if __name__ == "__main__":

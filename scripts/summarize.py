@@ -9,11 +9,11 @@ all runs on each data set: releasing several runs, or picking the best, composes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from dpgd.report import aggregate, composed_privacy, find_runs, markdown_table, plot_accuracy, plot_roc_overlay, write_csv
+from dpgd.results import to_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(report)
     write_csv(rows, out / "summary.csv")
-    (out / "summary_privacy.json").write_text(json.dumps(composed, indent=2, allow_nan=True))
+    (out / "summary_privacy.json").write_text(to_json(composed) + "\n")
     plot_accuracy(rows, out / "accuracy_vs_epsilon.png")
     has_roc = plot_roc_overlay(runs, out / "mia_roc.png")
     print(report)

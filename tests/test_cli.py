@@ -85,7 +85,8 @@ def test_imagefolder_non_private_run(tmp_path, cifar10_mini):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((only_run_dir(tmp_path / "outputs") / "release" / "results.json").read_text())
     assert results["dataset"] == "imagefolder" and results["num_classes"] == 10
-    assert results["privacy"]["epsilon"] == float("inf")
+    assert results["privacy"]["epsilon"] == "inf"  # strict JSON: no Infinity
+    assert results["method"] == "dm"
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 from opacus.accountants import PRVAccountant
 
 import dpgd
+import dpgd.results
 import dpgd.train as train
 from dpgd.errors import BudgetError, ConfigError
 from dpgd.privacy import PrivacyLedger
@@ -67,11 +68,14 @@ def test_results_contract_and_artifacts(run_with):
 
 
 @pytest.mark.slow
-def test_non_private_run_records_infinity_explicitly(run_with):
+def test_non_private_run_records_infinity_as_strict_json(run_with):
     result = run_with("experiment=dm", "matcher.iterations=100")
     text = (result.release_dir / "results.json").read_text()
-    assert '"epsilon": Infinity' in text
-    assert json.loads(text)["privacy"]["epsilon"] == math.inf
+    strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert strict["privacy"]["epsilon"] == "inf" and strict["epsilon_target"] == "inf"
+    assert float(strict["privacy"]["epsilon"]) == math.inf
+    assert dpgd.results.read_results(result.release_dir)["privacy"]["epsilon"] == math.inf
+    assert result.results["method"] == "dm"  # non-private by definition: no "(non-private)" suffix
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import statistics
@@ -70,3 +71,51 @@ def test_table_std_is_the_sample_std_over_seeds(tmp_path):
     (row,) = aggregate([record(0, 80.0), record(1, 84.0), record(2, 82.0)])
     assert row.runs == 3 and row.acc_mean == pytest.approx(82.0)
     assert row.acc_std == pytest.approx(2.0)  # the population std would be 1.63
+
+
+def fake_sweep_run(folder: Path, seed: int, epsilon: float, ipc: int, accuracy: float,
+                   swept: dict[str, str]) -> None:
+    """A finished job as summarize.py finds it: release/results.json and the job's job.json."""
+    from dpgd.results import write_json
+
+    write_json(folder / "release" / "results.json", {
+        "dataset": "digits", "method": "dpgeng", "epsilon_target": epsilon, "ipc": ipc, "delta": 1e-5,
+        "seed": seed, "test_acc_mean": accuracy, "test_acc_std": 0.5, "privacy": {"epsilon": epsilon * 0.99,
+                                                                                  "mechanisms": []}})
+    write_json(folder / "job.json", {"overrides": [f"{k}={v}" for k, v in swept.items()], "swept": swept})
+
+
+def test_summary_keeps_swept_keys_apart_and_labels_the_plot(tmp_path):
+    """`epsilon=1,10 ipc=10,50 expert.finetune=all,head seed=0,1`: one series per (ipc, finetune),
+    error bars over the two seeds, ticks and title from the sweep."""
+    from dpgd.report import aggregate, find_runs, plot_accuracy
+
+    job = 0
+    for epsilon in (1.0, 10.0):
+        for ipc in (10, 50):
+            for finetune in ("all", "head"):
+                for seed in (0, 1):
+                    accuracy = 50 + epsilon + ipc / 10 + (5 if finetune == "head" else 0) + 2 * seed
+                    fake_sweep_run(tmp_path / str(job), seed, epsilon, ipc, accuracy, {
+                        "epsilon": f"{epsilon:g}", "ipc": str(ipc), "expert.finetune": finetune, "seed": str(seed)})
+                    job += 1
+    rows = aggregate(find_runs(tmp_path))
+    assert len(rows) == 8 and all(r.runs == 2 for r in rows)  # the seed is averaged, nothing else
+    head = [r for r in rows if r.setting == (("expert.finetune", "head"),) and r.ipc == 50 and r.epsilon_target == 10]
+    assert len(head) == 1 and head[0].acc_mean == pytest.approx(50 + 10 + 5 + 5 + 1)
+    assert head[0].acc_std == pytest.approx(2 ** 0.5) and head[0].std_over == "seeds"
+    title, labels = plot_accuracy(rows, tmp_path / "plot.png")
+    assert "digits" in title and "IPC 10/50" in title and "delta 1e-05" in title
+    assert sorted(labels) == sorted(f"dpgeng, IPC {ipc}, expert.finetune={f} (n=2 seeds)"
+                                    for ipc in (10, 50) for f in ("all", "head"))
+
+
+def test_summarize_script_writes_a_row_per_setting(tmp_path):
+    for job, (ipc, seed) in enumerate([(10, 0), (50, 0)]):
+        fake_sweep_run(tmp_path / str(job), seed, 1.0, ipc, 60.0 + ipc / 10, {"ipc": str(ipc)})
+    run_script("summarize.py", [str(tmp_path)], tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [(r["ipc"], r["acc_mean"], r["std_over"]) for r in rows] == [("10", "61.00", "eval models"),
+                                                                         ("50", "65.00", "eval models")]
+    assert json.loads((tmp_path / "summary_privacy.json").read_text(),
+                      parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))["digits"]["runs"] == 2

@@ -37,6 +37,7 @@ from dpgd.mia.settings import MIA_NAMES, MiaConfig
 from dpgd.mia.shadows import SHADOW_DIR, ShadowContext, ShadowSet, cache_key, collect_shadows
 from dpgd.seeding import derive_seed
 from dpgd.tracking import Tracker
+from dpgd.validation import method_label
 
 log = logging.getLogger("dpgd")
 
@@ -140,7 +141,7 @@ def run_attack(
     headline = "online" if "online" in curves else next(iter(curves))
     results = attack_results(cfg, curves, headline, shadows, len(population), epochs,
                              time.perf_counter() - started)
-    title = f"{mia.name} on {cfg.method} (eps={cfg.epsilon}), {results['scored_pairs']} scored pairs"
+    title = f"{mia.name} on {method_label(cfg)} (eps={cfg.epsilon:g}), {results['scored_pairs']} scored pairs"
     figure = plot_roc(curves, output_dir / ROC_FILE, title)
     if mia.log_to_wandb:  # not DP: only when the user asks (mia.log_to_wandb=true)
         log_attack(tracker, results, curves, figure)

@@ -224,4 +224,10 @@ def initial_scale(components: list[ComponentCurve], epsilon: float, delta: float
         return math.exp(hi)
     while excess(lo) > 0 and lo > -20:
         lo -= 1.0
+    if excess(lo) > 0:
+        # Only a delta near 1 makes every share's mu-GDP exceed the goal at any scale.
+        raise BudgetError(
+            f"delta={delta:g} is too large for a meaningful guarantee: it must lie far below 1/N "
+            f"(N = number of training records); the field's convention is delta=1e-5"
+        )
     return math.exp(brentq(excess, lo, hi, xtol=1e-6))
