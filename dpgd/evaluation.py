@@ -23,6 +23,7 @@ from dpgd.data.bundle import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.models import seeded_model
 from dpgd.seeding import derive_seed, stage_generator
+from dpgd.tracking import Curve
 from dpgd.training import test_accuracy, train_classifier
 
 log = logging.getLogger("dpgd")
@@ -60,12 +61,14 @@ def evaluate_distilled(
     device: torch.device,
     seed: int,
     progress: bool = True,
+    curve: Curve | None = None,
 ) -> EvalResult:
     """Train ``eval_cfg.runs`` fresh networks on (images, labels) and test each once.
 
     Run ``r`` draws its initial weights and its batch order/augmentation from seeds derived
     from (seed, "evaluation", r), so results are reproducible and independent of other
-    stages' randomness.
+    stages' randomness. ``curve`` gets each network's training loss per epoch (the
+    distilled set is a DP release: post-processing), keyed ``train_loss_model<r>``.
     """
     if eval_cfg.runs < 1:
         raise ConfigError(f"evaluation.runs={eval_cfg.runs} must be at least 1.")
@@ -95,6 +98,8 @@ def evaluate_distilled(
             device=device,
             progress=progress,
             desc=f"eval {run + 1}/{eval_cfg.runs}",
+            on_epoch=None if curve is None else (
+                lambda epoch, metrics, r=run: curve(epoch, {f"train_loss_model{r}": metrics["loss"]})),
         )
         accuracy = test_accuracy(model, dataset.test_images, dataset.test_labels, eval_cfg.test_batch_size)
         result.accuracies.append(accuracy)

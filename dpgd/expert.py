@@ -45,6 +45,7 @@ from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 from dpgd.privacy.randomness import NoiseSource
 from dpgd.privacy.schedules import relative_pieces
 from dpgd.progress import progress_bar
+from dpgd.tracking import Curve
 from dpgd.training import test_accuracy
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ def train_expert(
     counts: ClassCounts,
     releases: ReleaseLog | None = None,
     finetune: str | None = None,
+    curve: Curve | None = None,
 ) -> Expert:
     """DP-SGD fine-tune a copy of ``start`` (pool network 0: pre-trained on the pool, free)
     on ``dataset`` (no noise if multiplier is None).
@@ -156,7 +158,10 @@ def train_expert(
     gradients are still clipped, but no noise is added. A sequence gives the sigma of
     every step (a noise schedule; its length must be ``expert_cfg.steps``). ``finetune``
     (``all`` | ``head``) overrides ``expert_cfg.finetune``; ``auto`` must be resolved first
-    (:func:`choose_finetuning`: switching the stage off changes the budget plan).
+    (:func:`choose_finetuning`: switching the stage off changes the budget plan). ``curve``
+    gets the model's test accuracy (public split; the model is DP) at ~10 evenly spaced
+    steps before the last (the pipeline logs the final one); never a loss on the private
+    batches, which is not DP.
     """
     mode = finetune or expert_cfg.finetune
     if mode not in ("all", "head"):
@@ -214,6 +219,8 @@ def train_expert(
             optimizer.step()
             done += 1
             bar.update(1)
+            if curve is not None and done % max(1, steps // 10) == 0 and done < steps:  # the stage logs the last
+                curve(done, {"test_acc": test_accuracy(model, dataset.test_images, dataset.test_labels, 2048)})
     bar.close()
     # Drop opacus's hooks and per-sample gradients: the expert is used as a plain network.
     model = module.to_standard_module()
@@ -222,8 +229,8 @@ def train_expert(
         parameter.requires_grad_(False)
     info = {"seconds": time.perf_counter() - started, "steps": float(done),
             "trained_weights": float(sum(p.numel() for p in trainable))}
-    log.info("expert: %d DP-SGD steps at q=%.4f on %d weights (%s), noise multiplier %s -> %s", done, sample_rate,
-             info["trained_weights"], mode, sigmas[0] if sigmas else None, sigmas[-1] if sigmas else None)
+    log.info("expert: %d DP-SGD steps at q=%.4g on %d weights (%s), noise multiplier %.4g -> %.4g", done,
+             sample_rate, info["trained_weights"], mode, sigmas[0] if sigmas else 0.0, sigmas[-1] if sigmas else 0.0)
     return Expert(model, info)
 
 

@@ -194,7 +194,7 @@ def distill(
             if saved is None:
                 pool = generate_pool(cfg.generator, dataset, planned_multiplier(plan, "generator"), ledger,
                                      private=is_private(cfg), seed=ctx.seed, device=ctx.device, noise=ctx.noise,
-                                     counts=counts, progress=ctx.progress)
+                                     counts=counts, progress=ctx.progress, curve=ctx.tracker.curve("generate"))
                 ctx.save("generate", pool.to_payload())
             else:
                 pool = Pool.from_payload(saved)
@@ -332,7 +332,8 @@ def build_alignment(
         releases = ReleaseLog("expert")
         expert = train_expert(cfg.expert, networks.final(), dataset, noise_multiplier, ctx.device, ctx.progress,
                               noise=ctx.noise, counts=counts, releases=releases,
-                              finetune=None if finetune is None else finetune.finetune)
+                              finetune=None if finetune is None else finetune.finetune,
+                              curve=ctx.tracker.curve("expert"))
         releases.check(planned_records(plan, "expert"))
         accuracy = pool_accuracy(expert, dataset) if metrics is not None else None
         ctx.save("expert", {**expert.to_payload(), "test_acc": accuracy})
@@ -375,10 +376,10 @@ def run_matching(
         noise_multiplier = declare_planned(ledger, plan, "matcher")
         pieces = plan.pieces_for("matcher")
         if cfg.matcher.release == "once":
-            log.info("matcher: noise multiplier %.4f for %d targets released once each (q=1)",
+            log.info("matcher: noise multiplier %.4g for %d targets released once each (q=1)",
                      noise_multiplier[0], len(noise_multiplier))
         else:
-            log.info("matcher: noise multiplier %.4f -> %.4f (%d pieces) for %d iterations at q=%.4f",
+            log.info("matcher: noise multiplier %.4g -> %.4g (%d pieces) for %d iterations at q=%.4g",
                      noise_multiplier[0], noise_multiplier[-1], len(pieces), cfg.matcher.iterations,
                      cfg.matcher.sample_rate)
     pick = stage_generator(ctx.seed, "match", "extractors")

@@ -15,15 +15,29 @@ import logging
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 log = logging.getLogger(__name__)
 
 
+# A stage's step curve: called with (step, metrics) as the stage runs.
+Curve = Callable[[int, dict[str, float]], None]
+
+
 class Tracker:
     """The no-op tracker (``logger=none``); :class:`WandbTracker` overrides every method."""
+
+    # Whether anything is recorded: stages skip work done only for curves (test accuracy
+    # along the expert's steps) when it is not.
+    active = False
+
+    def curve(self, stage: str) -> Curve | None:
+        """A step-curve callback for ``stage`` (``<stage>/step`` axis), None when inactive."""
+        if not self.active:
+            return None
+        return lambda step, metrics: self.log(stage, metrics, step=step)
 
     def log(self, stage: str, metrics: dict[str, float], step: int | None = None) -> None:
         pass
@@ -48,6 +62,8 @@ class Tracker:
 
 
 class WandbTracker(Tracker):
+    active = True
+
     def __init__(self, run: Any) -> None:
         self._run = run
         self._stages: set[str] = set()

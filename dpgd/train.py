@@ -34,6 +34,7 @@ from dpgd.data import ImageDataset, load_dataset
 from dpgd.distilled import DistilledSet
 from dpgd.errors import DpgdError
 from dpgd.evaluation import EvalResult, evaluate_distilled
+from dpgd.mia.audit import AuditBound, check_audit
 from dpgd.mia.stage import check_mia, check_mia_settings, run_attack
 from dpgd.pipeline import StageTimer, distill, run_noise
 from dpgd.privacy import PrivacyLedger
@@ -152,7 +153,7 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str | None
                 train_images, train_labels = distilled.expanded()
                 evaluation = evaluate_distilled(
                     train_images, train_labels, dataset, cfg.model, cfg.evaluation, device, seed=cfg.seed,
-                    progress=True,
+                    progress=True, curve=tracker.curve("eval"),
                 )
                 if checkpoints is not None:
                     checkpoints.save("eval", {"accuracies": evaluation.accuracies, "seconds": evaluation.seconds})
@@ -199,6 +200,8 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str | None
         write_private(output_dir, diagnostics, mia)
         if mia is not None:
             diagnostics["mia"] = mia
+            if "audit" in mia:  # checked after mia.json is written: it is the evidence
+                check_audit(AuditBound.from_dict(mia["audit"]), mia["audit"]["proven_epsilon"])
         exit_code = 0
         return RunResult(output_dir=output_dir, results=results, distilled=distilled, diagnostics=diagnostics)
     except DpgdError:

@@ -9,6 +9,7 @@ generated pool share one recipe, :data:`POOL_RECIPE`, applied by :func:`train_on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,7 @@ def train_classifier(
     device: torch.device,
     progress: bool = False,
     desc: str = "",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place with SGD and cross-entropy; returns it.
 
@@ -70,6 +72,8 @@ def train_classifier(
     DataLoader: distilled sets and pools fit in memory). ``labels`` are int64 class
     indices or float soft labels (N, K). Shuffling and DSA draw from ``generator`` (a CPU
     generator keeps the order identical across devices); one DSA transform per batch.
+    ``on_epoch(epoch, {"loss": last batch's loss})`` after each epoch: one host sync an epoch,
+    only when given. Pass it only for public or DP data (distilled sets, pools).
     """
     _check_labels(images, labels)
     if epochs < 0 or batch_size < 1:
@@ -94,8 +98,11 @@ def train_classifier(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        if progress:
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if progress or on_epoch is not None:
+            loss_value = float(loss.item())
+            bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+            if on_epoch is not None:
+                on_epoch(epoch, {"loss": loss_value})
     model.eval()
     return model
 

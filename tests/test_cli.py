@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 import dpgd
 
@@ -92,21 +95,82 @@ def test_imagefolder_non_private_run(tmp_path, cifar10_mini):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["foo=1"], "Could not override 'foo'"),
+        (["foo=1"], "Could not override 'foo'"),  # Hydra's composition errors too
+        (["dataset=nosuch"], "Available options in 'dataset': celeba, cifar10"),
+        (["-m", "seed=0,1", "foo=1"], "Could not override 'foo'"),
         (["epsilon=-1"], "epsilon=-1"),
         (["ipc=abc"], "ipc=abc"),
         (["init=real"], "epsilon=inf"),
+        (["delta=0.5"], "delta=0.5 is too large"),
         (["dataset=imagefolder", "dataset.root=/nonexistent/dpgd-data"], "/nonexistent/dpgd-data"),
         (["ipc=1000"], "ipc=1000"),
     ],
 )
-def test_bad_input_gives_a_short_message_and_no_traceback(tmp_path, args, expected):
+def test_bad_input_gives_one_line_and_exit_status_2(tmp_path, args, expected):
     proc = run_cli(args + ["logger=none"], cwd=tmp_path, timeout=120)
-    assert proc.returncode != 0
-    assert expected in proc.stderr
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dpgd: error: ") and expected in lines[0], proc.stderr
+    assert "error" not in proc.stdout  # printed once: not again by the console log
     # Nothing ran: no results were written.
     assert not list(tmp_path.rglob("results.json"))
+
+
+def test_a_truncated_image_is_named_in_one_line(tmp_path, cifar10_mini):
+    tree = tmp_path / "data"
+    for split in ("train", "test"):
+        for label in ("cat", "dog"):
+            shutil.copytree(next((cifar10_mini / split).iterdir()), tree / split / label,
+                            ignore=lambda folder, names: sorted(names)[20:])
+    broken = sorted((tree / "train" / "dog").iterdir())[3]
+    broken.write_bytes(broken.read_bytes()[:100])
+    proc = run_cli(["dataset=imagefolder", f"dataset.root={tree}", "ipc=2", "logger=none"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and broken.name in lines[0], proc.stderr
+
+
+def test_a_sweep_with_thirty_overrides_runs_in_numbered_job_folders(tmp_path, compose):
+    """Job folders used to be named from every override; 30 overrides outgrew the file
+    system's 255 characters (OSError: File name too long)."""
+    cfg = compose()
+    keys = ["logger.project", "logger.job_type", "evaluation.lr", "evaluation.momentum", "evaluation.weight_decay",
+            "evaluation.batch_size", "evaluation.test_batch_size", "evaluation.dsa_strategy", "matcher.lr",
+            "matcher.batch_real", "matcher.clip_norm", "matcher.dsa_strategy", "init.kmeans_iters",
+            "init.kmeans_restarts", "init.feature_space", "expert.lr", "expert.clip_norm", "expert.sample_rate",
+            "expert.reference_per_class", "expert.max_noise_to_signal", "generator.pool_per_class",
+            "generator.dp_merf.num_features", "generator.dp_merf.batch_per_class", "generator.dp_merf.lr",
+            "pool_nets.snapshots", "dataset.name", "budget.counts", "cpu_allocator", "checkpoint_every", "delta"]
+    overrides = [f"{key}={OmegaConf.select(cfg, key)}" for key in keys]
+    assert len(overrides) == 30 and len("_".join(overrides)) > 600
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "seed=0", "matcher.iterations=3", "evaluation.epochs=2", "evaluation.runs=1",
+                    "experiment=ndpdc", "logger=none", f"hydra.sweep.dir={sweep}", *overrides], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = json.loads((sweep / "0" / "job.json").read_text())
+    assert len(job["overrides"]) == 36 and job["swept"] == {} and job["job_num"] == 0
+    assert (sweep / "0" / "release" / "results.json").is_file()
+
+
+def test_ctrl_c_stops_with_status_130_and_names_the_stage(tmp_path):
+    proc = subprocess.Popen(
+        dpgd_command() + ["experiment=ndpdc", "matcher.iterations=100000", "logger=none", "hydra.run.dir=run"],
+        cwd=tmp_path, env={**os.environ, "HYDRA_FULL_ERROR": "0"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    log_file = tmp_path / "run" / "train.log"
+    deadline = time.monotonic() + 300
+    while not (log_file.is_file() and "stage match ..." in log_file.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None, "matching never started"
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    assert f"dpgd: interrupted in stage match; rerun the same command with hydra.run.dir={tmp_path / 'run'}" in stderr
+    log_text = log_file.read_text()
+    assert "stage match interrupted after" in log_text and "stage match done" not in log_text
 
 
 def test_help_names_the_command_and_hides_internal_groups(tmp_path):

@@ -45,6 +45,38 @@ def test_offline_wandb_run_holds_summary_ledger_and_config(tmp_path, compose):
     # Images are of the synthetic set only: init and distilled.
     logged = {p.parent.name for p in run_dir.rglob("media/images/*/*.png")}
     assert logged == {"init", "distilled"}
+    # The release, and nothing of private/, is the run's artifact.
+    releases = {name: files for name, files in contents["artifacts"].items() if not name.endswith(":run_table")}
+    assert releases == {"release-digits:release": [
+        "distilled.png", "distilled.pt", "privacy_ledger.json", "results.json"]}
+
+
+def test_wandb_run_is_named_grouped_tagged_and_has_every_stage_curve(tmp_path, compose):
+    """DP-GenG (tiny) in a sweep: the name says the method and the swept values, every stage
+    has a step curve (generator fit, expert steps, evaluation epochs, matching iterations)."""
+    cfg = compose("logger=wandb", "epsilon=2", "debug=tiny", "expert.finetune=head", "logger.tags=[mine]",
+                  "generator.cache=false", "pool_nets.cache=false")
+    result = train.run(cfg, tmp_path, run_group="2026-11-29/12-00-00",
+                       swept={"epsilon": "2", "expert.finetune": "head", "seed": "0"})
+    [run_dir] = offline_runs(tmp_path)
+    contents = run_contents(run_dir)
+    assert contents["run"]["name"] == "dpgeng eps=2 ipc=10 seed=0 expert.finetune=head"
+    assert contents["run"]["group"] == "2026-11-29/12-00-00"
+    assert contents["tags"] == ["dpgeng", "digits", "ipc=10", "mine"]
+    history = contents["history"]
+
+    def curve(key: str, step_key: str) -> list[tuple[int, float]]:
+        return [(row[step_key], row[key]) for row in history if key in row]
+
+    fit = curve("generate/fit_loss", "generate/step")
+    assert [step for step, _ in fit] == [0, 9]  # every 50 steps and the last (dp_merf.steps=10)
+    expert = curve("expert/test_acc", "expert/step")
+    assert [step for step, _ in expert] == [1, 2, 3, 4, 5]  # 5 steps: every step (~10 points), the last by the stage
+    assert all(0 <= acc <= 100 for _, acc in expert)
+    assert expert[-1][1] == pytest.approx(result.results["stages"]["expert"]["test_acc"])
+    loss = curve("eval/train_loss_model0", "eval/step")
+    assert [step for step, _ in loss] == list(range(10)) and loss[-1][1] < loss[0][1]
+    assert len(curve("match/loss", "match/step")) == 10
 
 
 @pytest.mark.slow
@@ -81,6 +113,16 @@ def test_two_point_sweep_then_summary(tmp_path, launcher):
     spent = sorted(json.loads(p.read_text())["privacy"]["epsilon"] for p in (tmp_path / "sweep").rglob("results.json"))
     # Releasing both runs costs more than the larger one alone, and less than the sum.
     assert spent[1] < composed["epsilon"] < spent[0] + spent[1]
+
+
+def test_a_run_stopped_by_bad_input_after_the_data_check_leaves_no_wandb_run(tmp_path, compose):
+    """delta=1e-3 is >= 1/N for digits' ~1,400 records: refused after the count release,
+    when W&B has started; the offline run is deleted so `wandb sync` never uploads it."""
+    from dpgd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="delta=0.001 is not below 1/N"):
+        train.run(compose("logger=wandb", "delta=1e-3", *TINY), tmp_path)
+    assert offline_runs(tmp_path) == []
 
 
 def test_composed_privacy_of_a_sweep_with_a_non_private_run_is_infinite(tmp_path):

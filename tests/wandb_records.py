@@ -53,6 +53,8 @@ def run_contents(run_dir: Path) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     config: dict[str, Any] = {}
     meta: dict[str, str] = {}
+    tags: list[str] = []
+    artifacts: dict[str, list[str]] = {}
     for record in iter_records(log):
         kind = record.WhichOneof("record_type")
         if kind == "summary":
@@ -68,4 +70,9 @@ def run_contents(run_dir: Path) -> dict[str, Any]:
             for item in record.run.config.update:
                 config[item.key] = json.loads(item.value_json)
             meta = {"name": record.run.display_name, "group": record.run.run_group, "job_type": record.run.job_type}
-    return {"summary": summary, "history": history, "config": config, "run": meta}
+            tags = list(record.run.tags)
+        elif kind == "artifact":
+            artifacts[f"{record.artifact.name}:{record.artifact.type}"] = sorted(
+                entry.path for entry in record.artifact.manifest.contents)
+    return {"summary": summary, "history": history, "config": config, "run": meta, "tags": tags,
+            "artifacts": artifacts}

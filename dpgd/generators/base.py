@@ -28,6 +28,7 @@ from dpgd.errors import ConfigError
 from dpgd.privacy import SubsampledGaussian
 from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 from dpgd.privacy.randomness import NoiseSource
+from dpgd.tracking import Curve
 
 # The component name every generator mechanism is recorded under (the budget's key).
 GENERATOR_COMPONENT = "generator"
@@ -93,9 +94,11 @@ class PoolGenerator(ABC):
     # Whether a fitted pool may be stored in the pool cache.
     cacheable: ClassVar[bool] = True
 
-    def __init__(self, cfg: GeneratorConfig, progress: bool = True) -> None:
+    def __init__(self, cfg: GeneratorConfig, progress: bool = True, curve: Curve | None = None) -> None:
         self.cfg = cfg
         self.progress = progress
+        # Step curve of the fit (losses against the released statistics: post-processing).
+        self.curve = curve
         if cfg.pool_per_class < 1:
             raise ConfigError(
                 f"generator.pool_per_class={cfg.pool_per_class} must be at least 1 for generator={self.name}."

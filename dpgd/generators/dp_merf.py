@@ -166,6 +166,8 @@ class DpMerf(PoolGenerator):
             if step % 50 == 0 or step == opts.steps - 1:
                 loss_value = float(loss.item())
                 bar.set_postfix(loss=f"{loss_value:.4f}")
+                if self.curve is not None:
+                    self.curve(step, {"fit_loss": loss_value})
         fit_seconds = time.perf_counter() - started
 
         images, pool_labels = sample_decoder(

@@ -20,9 +20,10 @@ class RealPool(PoolGenerator):
     non_private_only = True
     cacheable = False
 
-    def __init__(self, cfg, progress: bool = True) -> None:  # pool_per_class is not used
+    def __init__(self, cfg, progress: bool = True, curve=None) -> None:  # pool_per_class is not used
         self.cfg = cfg
         self.progress = progress
+        self.curve = curve
         self.pool_per_class = 0
 
     def privacy_request(self) -> None:

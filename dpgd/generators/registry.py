@@ -10,6 +10,7 @@ from dpgd.generators.dp_sgd import DpSgdVae
 from dpgd.generators.pe import PrivateEvolution
 from dpgd.generators.real import RealPool
 from dpgd.privacy.components import PrivacyNeed
+from dpgd.tracking import Curve
 
 GENERATORS: dict[str, type[PoolGenerator] | None] = {
     "none": None,
@@ -21,13 +22,13 @@ GENERATORS: dict[str, type[PoolGenerator] | None] = {
 GENERATOR_NAMES = tuple(GENERATORS)
 
 
-def build_generator(cfg: GeneratorConfig, progress: bool = True) -> PoolGenerator | None:
+def build_generator(cfg: GeneratorConfig, progress: bool = True, curve: Curve | None = None) -> PoolGenerator | None:
     """The generator ``cfg.name`` names (None for ``none``); settings are checked here."""
     name = cfg.name
     if name not in GENERATORS:
         raise ConfigError(f"generator={name} is unknown; choose one of {', '.join(GENERATOR_NAMES)}.")
     cls = GENERATORS[name]
-    return None if cls is None else cls(cfg, progress=progress)
+    return None if cls is None else cls(cfg, progress=progress, curve=curve)
 
 
 def privacy_request(cfg: GeneratorConfig) -> PrivacyNeed | None:

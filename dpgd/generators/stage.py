@@ -30,6 +30,7 @@ from dpgd.generators.registry import build_generator
 from dpgd.privacy import PrivacyLedger
 from dpgd.privacy.components import ReleaseLog
 from dpgd.privacy.randomness import NoiseSource
+from dpgd.tracking import Curve
 from dpgd.training import test_accuracy
 
 log = logging.getLogger("dpgd")
@@ -51,6 +52,7 @@ def generate_pool(
     noise: NoiseSource,
     counts: ClassCounts,
     progress: bool = True,
+    curve: Curve | None = None,
 ) -> Pool | None:
     """The run's pool (None for ``generator=none``), its mechanisms declared to ``ledger``.
 
@@ -58,7 +60,7 @@ def generate_pool(
     in a non-private run (``private`` false: ``epsilon=inf``), where DP generators run
     without noise. ``seed`` is the public seed (initial weights, latents, the cache key).
     """
-    generator = build_generator(gen_cfg, progress=progress)
+    generator = build_generator(gen_cfg, progress=progress, curve=curve)
     name = gen_cfg.name
     if generator is None:
         if noise_multiplier is not None:
@@ -100,7 +102,8 @@ def generate_pool(
 
     for mechanism in mechanisms:
         ledger.declare(mechanism)
-    log.info("generator %s: fitting (noise multiplier %s)", name, noise_multiplier)
+    log.info("generator %s: fitting (noise multiplier %s)", name,
+             "none: non-private" if noise_multiplier is None else f"{noise_multiplier:.4g}")
     releases = ReleaseLog(GENERATOR_COMPONENT)
     pool = generator.fit_and_sample(dataset, noise_multiplier, seed, device, noise=noise, counts=counts,
                                     releases=releases)

@@ -49,3 +49,9 @@ class MiaConfig:
     # noise: they go to private/mia.json only. true also sends them to W&B (only for a
     # W&B project you keep private).
     log_to_wandb: bool = False
+    # Turn the attack's scores into an empirical epsilon LOWER bound (dpgd.mia.audit:
+    # Clopper-Pearson bounds on TPR and FPR at a threshold chosen on half of the records)
+    # at this confidence. Above the proven epsilon it fails the run: a bug. It tests the
+    # code; it is not a tighter guarantee.
+    audit: bool = False
+    audit_confidence: float = 0.95

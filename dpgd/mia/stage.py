@@ -17,6 +17,7 @@ stay in the run's ``private/`` folder; they reach W&B only with ``mia.log_to_wan
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -28,6 +29,7 @@ from dpgd.budget import plan_run
 from dpgd.config import TrainConfig, typed
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
+from dpgd.mia.audit import audit_membership
 from dpgd.mia.design import draw_population, membership_matrix
 from dpgd.mia.lira import lira_scores
 from dpgd.mia.loss_attack import loss_scores
@@ -61,6 +63,10 @@ def check_mia_settings(cfg: TrainConfig) -> None:
                 "mia.global_variance=false fits a variance per record, which needs at least 2 shadows "
                 "per side; use mia.num_shadow>=6 (64 in the LiRA paper) or mia.global_variance=true."
             )
+    if mia.audit and not 0.5 <= mia.audit_confidence < 1:
+        raise ConfigError(f"mia.audit_confidence={mia.audit_confidence} must lie in [0.5, 1), e.g. 0.95.")
+    if mia.audit and mia.name == "none":
+        raise ConfigError("mia.audit=true audits an attack's scores; choose one with mia=lira (or mia=loss).")
     for key in ("eval_models", "workers"):
         if int(getattr(mia, key)) < 1:
             raise ConfigError(f"mia.{key}={getattr(mia, key)} must be at least 1.")
@@ -137,10 +143,19 @@ def run_attack(
              mia.name, runs, len(population), mia.eval_models, epochs)
     shadows = collect_shadows(context, membership, output_dir / SHADOW_DIR if mia.cache else None,
                               workers=mia.workers, progress=progress)
-    curves = attack_curves(mia, shadows)
+    scores = attack_scores(mia, shadows)
+    curves = {name: roc_metrics(*pair) for name, pair in scores.items()}
     headline = "online" if "online" in curves else next(iter(curves))
     results = attack_results(cfg, curves, headline, shadows, len(population), epochs,
                              time.perf_counter() - started)
+    if mia.audit:
+        # The proven epsilon of the run the attack replays (its plan's composed PRV bound).
+        proven = context.plan.epsilon if context.plan is not None else math.inf
+        bound = audit_membership(*scores[headline], cfg.delta, mia.audit_confidence, derive_seed(seed, "audit"))
+        results["audit"] = {**bound.to_dict(), "proven_epsilon": proven,
+                            "passed": not bound.epsilon_lower_bound > proven}
+        log.info("mia audit: epsilon >= %.3g at confidence %g (%d + %d trials); proven epsilon %.4g",
+                 bound.epsilon_lower_bound, bound.confidence, bound.trials_in, bound.trials_out, proven)
     title = f"{mia.name} on {method_label(cfg)} (eps={cfg.epsilon:g}), {results['scored_pairs']} scored pairs"
     figure = plot_roc(curves, output_dir / ROC_FILE, title)
     if mia.log_to_wandb:  # not DP: only when the user asks (mia.log_to_wandb=true)
@@ -150,15 +165,12 @@ def run_attack(
     return results
 
 
-def attack_curves(mia: MiaConfig, shadows: ShadowSet) -> dict[str, RocMetrics]:
-    """ROC metrics of each variant over every scored (run, record) pair."""
+def attack_scores(mia: MiaConfig, shadows: ShadowSet) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each variant's scores of every scored (run, record) pair, with the true membership."""
     if mia.name == "lira":
         scores = lira_scores(shadows.phi, shadows.membership, mia.global_variance)
-        return {
-            "online": roc_metrics(scores.online, scores.membership),
-            "offline": roc_metrics(scores.offline, scores.membership),
-        }
-    return {"loss": roc_metrics(loss_scores(shadows.loss[0]), shadows.membership[0])}
+        return {"online": (scores.online, scores.membership), "offline": (scores.offline, scores.membership)}
+    return {"loss": (loss_scores(shadows.loss[0])[None], shadows.membership[0][None])}
 
 
 def attack_results(
