@@ -305,14 +305,20 @@ class JobIdentity:
 
 def hydra_job_identity() -> JobIdentity:
     """This job's identity from Hydra. A sweep's swept keys are those whose command-line
-    override is a sweep (``epsilon=1,10``, ``range(...)``, ``choice(...)``), with this job's value."""
+    override is a sweep (``epsilon=1,10``, ``range(...)``, ``choice(...)``), with this job's
+    value; the command line is read from the sweep's ``multirun.yaml`` (written before any
+    job starts, so launchers that run jobs in other processes or machines see it too)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
 
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     if hydra_cfg.mode.name != "MULTIRUN":
         return JobIdentity(Path(hydra_cfg.runtime.output_dir), overrides, {}, None, None)
-    parsed_command = OverridesParser.create().parse_overrides([o for o in sys.argv[1:] if "=" in o and not o.startswith("-")])
+    sweep_file = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+    command = (list(OmegaConf.load(sweep_file).hydra.overrides.task) if sweep_file.is_file()
+               else [arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")])
+    parsed_command = OverridesParser.create().parse_overrides(command)
     swept_keys = {o.get_key_element() for o in parsed_command if o.is_sweep_override()}
     this_job = {o.get_key_element(): o.value() for o in OverridesParser.create().parse_overrides(overrides)}
     swept = {key: str(this_job[key]) for key in sorted(swept_keys) if key in this_job}
@@ -388,7 +394,8 @@ def one_line(err: BaseException) -> str:
                 options = []
             if text.startswith("Config search path"):
                 break
-            if text and not text.startswith(("full_key:", "object_type=", "See https://", "Set the env")):
+            if text and not text.startswith(("full_key:", "object_type=", "reference_type=", "See https://",
+                                             "Set the env")):
                 parts.append(text)
     if options:
         parts[-1] += " " + ", ".join(options)

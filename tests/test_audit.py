@@ -87,6 +87,24 @@ def test_no_signal_gives_no_bound_and_a_bound_above_the_proof_fails_loudly():
         check_audit(bound, proven_epsilon=1.0)
 
 
+def test_membership_audit_splits_records_and_bounds_separable_scores(compose):
+    from dpgd.config import typed
+    from dpgd.errors import ConfigError
+    from dpgd.mia.audit import audit_membership
+    from dpgd.mia.stage import check_mia_settings
+
+    generator = torch.Generator().manual_seed(0)
+    membership = torch.rand(8, 400, generator=generator) < 0.5
+    noise = torch.randn(8, 400, generator=generator)
+    leaky = audit_membership(noise + 4.0 * membership, membership, DELTA, 0.95, seed=1)
+    assert leaky.epsilon_lower_bound > 3.0 and leaky.trials_in + leaky.trials_out == 8 * 200
+    assert audit_membership(noise, membership, DELTA, 0.95, seed=1).epsilon_lower_bound < 0.3
+    with pytest.raises(ConfigError, match="mia.audit=true"):
+        check_mia_settings(typed(compose("mia.audit=true")))
+    with pytest.raises(ConfigError, match="audit_confidence"):
+        check_mia_settings(typed(compose("mia=lira", "mia.audit=true", "mia.audit_confidence=1.0")))
+
+
 # --- bug injection, one DP mechanism at a time -----------------------------------------
 
 

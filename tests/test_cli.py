@@ -133,14 +133,11 @@ def test_a_truncated_image_is_named_in_one_line(tmp_path, cifar10_mini):
 def test_a_sweep_with_thirty_overrides_runs_in_numbered_job_folders(tmp_path, compose):
     """Job folders used to be named from every override; 30 overrides outgrew the file
     system's 255 characters (OSError: File name too long)."""
-    cfg = compose()
-    keys = ["logger.project", "logger.job_type", "evaluation.lr", "evaluation.momentum", "evaluation.weight_decay",
-            "evaluation.batch_size", "evaluation.test_batch_size", "evaluation.dsa_strategy", "matcher.lr",
-            "matcher.batch_real", "matcher.clip_norm", "matcher.dsa_strategy", "init.kmeans_iters",
-            "init.kmeans_restarts", "init.feature_space", "expert.lr", "expert.clip_norm", "expert.sample_rate",
-            "expert.reference_per_class", "expert.max_noise_to_signal", "generator.pool_per_class",
-            "generator.dp_merf.num_features", "generator.dp_merf.batch_per_class", "generator.dp_merf.lr",
-            "pool_nets.snapshots", "dataset.name", "budget.counts", "cpu_allocator", "checkpoint_every", "delta"]
+    cfg = compose("experiment=ndpdc")
+    keys = [f"{section}.{key}" for section in ("logger", "evaluation", "matcher", "init", "expert", "pool_nets")
+            for key, value in OmegaConf.to_container(cfg[section]).items()
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool) and key != "name"
+            and f"{section}.{key}" not in {"evaluation.runs", "evaluation.epochs", "matcher.iterations"}][:30]
     overrides = [f"{key}={OmegaConf.select(cfg, key)}" for key in keys]
     assert len(overrides) == 30 and len("_".join(overrides)) > 600
     sweep = tmp_path / "sweep"

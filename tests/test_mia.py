@@ -164,7 +164,8 @@ def test_lira_finds_a_membership_shift_and_is_unbiased_without_one():
 
 @pytest.mark.slow
 def test_leaky_release_is_detected_and_logged(attack):
-    results, tracker, folder = attack("experiment=leaky_baseline", "logger=none", "mia.log_to_wandb=true")
+    results, tracker, folder = attack("experiment=leaky_baseline", "logger=none", "mia.log_to_wandb=true",
+                                      "mia.audit=true")
     assert results["attack"] == "lira" and results["num_shadow"] == 8 and results["population"] == 200
     assert results["scored_pairs"] == 1600 and set(results["variants"]) == {"online", "offline"}
     assert HEADLINE <= set(results) and HEADLINE <= set(results["variants"]["offline"])
@@ -179,12 +180,17 @@ def test_leaky_release_is_detected_and_logged(attack):
     assert [key for kind, key in tracker.calls if kind == "image"] == ["mia/roc_curve"]
     assert ("table", "mia/roc:fpr,tpr,variant") in tracker.calls
     assert {("log", "mia/auc"), ("log", "mia/offline/tpr_at_0.1pct_fpr"), ("summary", "mia/auc")} <= set(tracker.calls)
+    # The audit (mia.audit=true): copying members is far from epsilon 1 (measured 2.88 at 95 %).
+    audit = results["audit"]
+    assert audit["epsilon_lower_bound"] > 1.0 and audit["confidence"] == 0.95
+    assert audit["trials_in"] + audit["trials_out"] == 800 and audit["passed"]  # proven epsilon: inf
+    assert ("summary", "mia/epsilon_lower_bound") in tracker.calls
 
 
 @pytest.mark.slow
 def test_dp_release_stays_near_chance_and_below_the_leaky_one(attack):
-    leaky, _, _ = attack("experiment=leaky_baseline", "logger=none", "mia.log_to_wandb=true")
-    dp, _, _ = attack("experiment=ndpdc", "epsilon=1", "matcher.iterations=50", *LIRA)
+    leaky, _, _ = attack("experiment=leaky_baseline", "logger=none", "mia.log_to_wandb=true", "mia.audit=true")
+    dp, _, _ = attack("experiment=ndpdc", "epsilon=1", "matcher.iterations=50", *LIRA, "mia.audit=true")
     assert (dp["num_shadow"], dp["population"], dp["epochs"]) == (leaky["num_shadow"], leaky["population"], 100)
     # 1600 scored pairs (800 members, 800 non-members): under no leakage sd(AUC) is 0.014 for
     # independent pairs and at most sqrt(8) x that = 0.04 when a record's 8 pairs were
@@ -196,6 +202,10 @@ def test_dp_release_stays_near_chance_and_below_the_leaky_one(attack):
     assert dp["tpr_at_1pct_fpr"] < 0.05
     assert leaky["tpr_at_1pct_fpr"] > dp["tpr_at_1pct_fpr"] + 0.05
     assert leaky["auc"] > dp["auc"] + 0.15
+    # The audit's lower bound stays at or below the proof, and below the leaky control's.
+    assert dp["audit"]["epsilon_lower_bound"] <= 1.0 and dp["audit"]["passed"]
+    assert dp["audit"]["proven_epsilon"] <= 1.0
+    assert leaky["audit"]["epsilon_lower_bound"] > dp["audit"]["epsilon_lower_bound"] + 1.0
 
 
 def test_interrupted_attack_resumes_with_only_the_missing_run(tmp_path, compose, digits, monkeypatch):

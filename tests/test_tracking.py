@@ -101,6 +101,9 @@ def test_two_point_sweep_then_summary(tmp_path, launcher):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((tmp_path / "sweep").rglob("results.json"))) == 2
+    # Numbered job folders; each job knows the sweep's swept key and its own value.
+    jobs = {json.loads((tmp_path / "sweep" / str(n) / "job.json").read_text())["swept"]["epsilon"] for n in (0, 1)}
+    assert jobs == {"1", "10"}
     report = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "summarize.py"), str(tmp_path / "sweep")],
         capture_output=True, text=True, timeout=300,

@@ -220,3 +220,7 @@ def log_attack(tracker: Tracker, results: dict[str, Any], curves: dict[str, RocM
     image = torch.from_numpy(figure).permute(2, 0, 1).unsqueeze(0).float() / 255.0
     tracker.log_images("mia/roc_curve", image, 1, f"{results['attack']} ROC ({results['variant']})")
     tracker.summary({f"mia/{key}": results[key] for key in HEADLINE_KEYS})
+    if "audit" in results:  # the empirical lower bound beside the proven upper bound
+        audit = results["audit"]
+        tracker.summary({"mia/epsilon_lower_bound": audit["epsilon_lower_bound"],
+                         "mia/audit_confidence": audit["confidence"], "mia/proven_epsilon": audit["proven_epsilon"]})
