@@ -13,6 +13,7 @@ dp-accounting``; without it the PLD columns say so.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 
 from dpgd.budget import plan_run
@@ -47,12 +48,7 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["dpgeng", "ndpdc"])
     parser.add_argument("--datasets", nargs="+", default=["digits", "cifar10-mini"])
     args = parser.parse_args()
-    try:
-        import dp_accounting  # noqa: F401
-
-        have_pld = True
-    except ImportError:
-        have_pld = False
+    have_pld = importlib.util.find_spec("dp_accounting") is not None
     print("| data set | preset | target | records | PRV (opacus) | s | PLD 1e-4 | s | PLD 1e-3 | s | RDP | s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dataset in args.datasets:

@@ -138,3 +138,22 @@ def test_composed_privacy_of_a_sweep_with_a_non_private_run_is_infinite(tmp_path
     assert only_private["digits"]["runs"] == 2 and only_private["digits"]["epsilon"] > 1.0
     mixed = composed_privacy([RunRecord(tmp_path / "a", private), RunRecord(tmp_path / "c", public)])
     assert mixed["digits"]["epsilon"] == math.inf
+
+
+@pytest.mark.parametrize(
+    ("overrides", "label"),
+    [
+        ((), "dpgeng"),
+        (("experiment=ndpdc",), "ndpdc"),
+        (("experiment=dm",), "dm"),  # non-private by definition: no suffix
+        (("epsilon=inf",), "dpgeng (non-private)"),
+        (("epsilon=inf", "matcher=dm"), "dp_merf+kmeans+dm+expert (non-private)"),  # a README line
+        (("experiment=ndpdc", "init=kmeans", "generator=dp_merf"), "dp_merf+kmeans+dp_feature"),
+        (("method=my_variant", "matcher=none"), "my_variant"),  # free text is the user's
+    ],
+)
+def test_method_label_comes_from_what_runs(compose, overrides, label):
+    from dpgd.config import typed
+    from dpgd.validation import method_label
+
+    assert method_label(typed(compose(*overrides))) == label
