@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -46,9 +47,21 @@ def iter_records(path: Path) -> Iterator[pb.Record]:
             yield record
 
 
+def wait_for_exit_record(log: Path, timeout_s: float = 30.0) -> None:
+    """``run.finish()`` can return before W&B's service process has flushed the run's last
+    records (summary, history) to disk; a finished log ends with an ``exit`` record."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(record.WhichOneof("record_type") == "exit" for record in iter_records(log)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{log} has no exit record after {timeout_s:g} s: the run was not finished")
+
+
 def run_contents(run_dir: Path) -> dict[str, Any]:
-    """Summary, history rows, config and run metadata of one offline run folder."""
+    """Summary, history rows, config and run metadata of one finished offline run folder."""
     [log] = list(Path(run_dir).glob("run-*.wandb"))
+    wait_for_exit_record(log)
     summary: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     config: dict[str, Any] = {}
