@@ -220,7 +220,7 @@ def train_expert(
             done += 1
             bar.update(1)
             if curve is not None and done % max(1, steps // 10) == 0 and done < steps:  # the stage logs the last
-                curve(done, {"test_acc": test_accuracy(model, dataset.test_images, dataset.test_labels, 2048)})
+                curve(done, {"test_acc": split_accuracy(model, dataset)})
     bar.close()
     # Drop opacus's hooks and per-sample gradients: the expert is used as a plain network.
     model = module.to_standard_module()
@@ -243,7 +243,12 @@ def pool_expert(start: nn.Module) -> Expert:
 
 def pool_accuracy(expert: Expert, dataset: ImageDataset) -> float:
     """Test accuracy of the expert (reporting only; nothing is selected on it)."""
-    return test_accuracy(expert.model, dataset.test_images, dataset.test_labels, 2048)
+    return split_accuracy(expert.model, dataset)
+
+
+def split_accuracy(model: nn.Module, dataset: ImageDataset) -> float:
+    """Accuracy on the public test split (the expert's curve and its final report)."""
+    return test_accuracy(model, dataset.test_images, dataset.test_labels, 2048)
 
 
 class ExpertAlignment:

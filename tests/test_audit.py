@@ -204,6 +204,11 @@ def expert_statistic(digits):
     return statistic
 
 
+# Each DP release's canary game: a builder returning statistic(canary_in) -> float.
+STATISTICS = {"counts": counts_statistic, "matcher": matcher_statistic, "dp_merf": dp_merf_statistic,
+              "expert": expert_statistic}
+
+
 def zero_opacus_noise(monkeypatch) -> None:
     """Test-only bug: DP-SGD adds no noise while the step hook still records the planned sigma."""
     import opacus.optimizers.optimizer as dp_optimizer
@@ -215,8 +220,7 @@ def zero_opacus_noise(monkeypatch) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("mechanism", ["counts", "matcher", "dp_merf", "expert"])
 def test_correct_mechanisms_pass_the_audit(mechanism, digits):
-    statistic = {"counts": counts_statistic, "matcher": matcher_statistic, "dp_merf": dp_merf_statistic,
-                 "expert": expert_statistic}[mechanism](digits)
+    statistic = STATISTICS[mechanism](digits)
     bound = audit_release(statistic, TRIALS, DELTA, game=mechanism)
     assert bound.epsilon_lower_bound <= claimed_epsilon(), bound
     check_audit(bound, claimed_epsilon())
@@ -233,8 +237,7 @@ def test_correct_mechanisms_pass_the_audit(mechanism, digits):
     ],
 )
 def test_each_injected_bug_fails_the_audit(mechanism, bug, digits, scaled_noise, monkeypatch):
-    statistic = {"counts": counts_statistic, "matcher": matcher_statistic, "dp_merf": dp_merf_statistic,
-                 "expert": expert_statistic}[mechanism](digits)
+    statistic = STATISTICS[mechanism](digits)
     if mechanism == "expert":
         zero_opacus_noise(monkeypatch)
     else:
