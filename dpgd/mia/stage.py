@@ -149,7 +149,7 @@ def run_attack(
     results = attack_results(cfg, curves, headline, shadows, len(population), epochs,
                              time.perf_counter() - started)
     if mia.audit:
-        # The proven epsilon of the run the attack replays (its plan's composed PRV bound).
+        # The proven epsilon of the run the attack replays (its plan's composed PLD bound).
         proven = context.plan.epsilon if context.plan is not None else math.inf
         bound = audit_membership(*scores[headline], cfg.delta, mia.audit_confidence, derive_seed(seed, "audit"))
         results["audit"] = {**bound.to_dict(), "proven_epsilon": proven,

@@ -7,7 +7,7 @@ epsilon dpgd reports refers to. Sensitivities are bounds on the change of a rele
 quantity when one record is added or removed.
 
 Layout: :mod:`.mechanisms` (immutable records of what was released), :mod:`.analysis`
-(pure functions: epsilon of a record list, on fresh opacus accountants), :mod:`.ledger`
+(pure functions: epsilon of a record list, dp-accounting PLD with an opacus RDP cross-check), :mod:`.ledger`
 (the record list a run executed, and its report), :mod:`.plan` (noise multipliers for
 a total budget split across components; its numerical search is in :mod:`._search`),
 :mod:`.schedules` (relative noise schedules across iterations, stored as constant pieces),
@@ -16,7 +16,7 @@ a total budget split across components; its numerical search is in :mod:`._searc
 as public) and :mod:`.summary` (``results.json["privacy"]`` and ``privacy_ledger.json``).
 """
 
-from dpgd.privacy.analysis import AccountingError, compose_epsilon, default_eps_error, rdp_epsilon
+from dpgd.privacy.analysis import AccountingError, compose_epsilon, pld_epsilon, rdp_epsilon
 from dpgd.privacy.components import PrivacyNeed, ReleaseLog, declare_planned
 from dpgd.privacy.ledger import ADJACENCY, PrivacyLedger, PrivacyReport
 from dpgd.privacy.mechanisms import SubsampledGaussian
@@ -37,8 +37,8 @@ __all__ = [
     "check_delta",
     "compose_epsilon",
     "declare_planned",
-    "default_eps_error",
     "plan_budget",
+    "pld_epsilon",
     "rdp_epsilon",
     "relative_schedule",
     "schedule_from_config",

@@ -1,10 +1,11 @@
 """The searches behind :func:`dpgd.privacy.plan.plan_budget`: a bracketed 1-D root solver and
-per-component epsilon-vs-sigma curves with a cache of PRV evaluations.
+per-component epsilon-vs-sigma curves with a cache of PLD evaluations.
 
-Speed: single-component searches use PRV point estimates on a coarse grid (eps_error =
-10% of the target; the estimate itself is accurate to ~0.1%), warm-started from the
-Gaussian-DP closed form (exact for sample rate 1, a CLT guess otherwise). Only the
-composed epsilon is evaluated at reporting accuracy, a few times (by the planner).
+Speed: single-component searches evaluate PLD on a coarse discretisation (interval = 0.1%
+of the component's target: still an upper bound, within ~0.1% of the fine one),
+warm-started from the Gaussian-DP closed form (exact for sample rate 1, a CLT guess
+otherwise). Only the composed epsilon is evaluated at reporting accuracy, a few times (by
+the planner).
 
 Kept apart from the plan so the plan reads as policy (shares, bounds, checks) and this
 module as numerics; the sigma bounds are the plan's and come in as arguments.
@@ -24,7 +25,8 @@ from dpgd.privacy.mechanisms import SubsampledGaussian
 if TYPE_CHECKING:
     from dpgd.privacy.plan import ComponentRequest
 
-_COARSE_REL = 0.1  # coarse-grid eps_error as a fraction of a component's target
+_COARSE_REL = 1e-3  # coarse PLD discretisation interval as a fraction of a component's target
+_COARSE_MIN, _COARSE_MAX = 1e-5, 1e-2
 _MAX_EVALS = 60
 
 
@@ -112,7 +114,7 @@ class Infeasible(Exception):
 
 
 class ComponentCurve:
-    """One component's epsilon-vs-sigma curve, evaluated lazily on coarse PRV grids."""
+    """One component's epsilon-vs-sigma curve, evaluated lazily on coarse PLD grids."""
 
     def __init__(
         self,
@@ -128,10 +130,10 @@ class ComponentCurve:
         self.delta = delta
         self.tol = tol
         share = request.fraction * epsilon
-        self.eps_error = min(max(_COARSE_REL * share, analysis.EPS_ERROR_MIN), analysis.EPS_ERROR_MAX)
-        # Components with equal (q, steps, eps_error) have the same curve: share the work.
+        self.interval = min(max(_COARSE_REL * share, _COARSE_MIN), _COARSE_MAX)
+        # Components with equal (q, steps, interval) have the same curve: share the work.
         self.pieces = request.pieces
-        key = (request.sample_rate, request.steps, self.eps_error, self.pieces)
+        key = (request.sample_rate, request.steps, self.interval, self.pieces)
         self._cache, self._calibrated = shared.setdefault(key, ({}, {}))  # sigma -> log est; target -> sigma
         rel = [v for v, _ in self.pieces]
         self.rel_max, self.rel_min = max(rel), min(rel)
@@ -148,10 +150,10 @@ class ComponentCurve:
     def log_estimate(self, sigma: float) -> float:
         if sigma not in self._cache:
             try:
-                est = analysis.prv_estimate(list(self.mechanisms(sigma)), self.delta, self.eps_error)
+                est = analysis.pld_epsilon(list(self.mechanisms(sigma)), self.delta, self.interval)
                 y = math.log(est) if est > 0 else -math.inf
             except analysis.AccountingError:
-                y = math.inf  # only tiny sigma (huge epsilon) makes the grid explode
+                y = math.inf  # only tiny sigma (a huge epsilon) is refused
             self._cache[sigma] = y
         return self._cache[sigma]
 
@@ -178,7 +180,7 @@ class ComponentCurve:
             return self._calibrated[target]
         r = self.request
         if r.sample_rate >= 1:
-            # Exact for q = 1 (composition of Gaussians is mu-GDP): refuse without PRV.
+            # Exact for q = 1 (composition of Gaussians is mu-GDP): refuse without PLD.
             needed = analysis.clt_sigma(analysis.gaussian_mu(target * (1 - self.tol), self.delta), 1.0, r.steps)
             if needed * self.equivalent * self.rel_max > self.sigma_max * 1.01:
                 raise Infeasible(self, target)

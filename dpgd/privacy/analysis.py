@@ -1,41 +1,32 @@
 """Pure privacy analysis: epsilon of a list of mechanism records.
 
-Nothing here holds state. Every call builds a fresh opacus accountant from the records, so
-no history list is shared or mutated (opacus stores history as ``[(sigma, q, steps)]``).
+Nothing here holds state: every call builds fresh privacy loss distributions (or RDP
+curves) from the records.
 
-Reported epsilon: opacus's PRV accountant (Gopi et al. 2021). Its ``get_epsilon`` returns
-an UPPER bound, ``eps_hat(delta - delta_error) + eps_error`` with ``delta_error =
-delta/1000``, not the point estimate; the true epsilon lies in about
-``[upper - 2*eps_error, upper]``. Even a mechanism with enormous noise reports about
-``eps_error``. RDP (opacus) is computed beside it as an independent, looser upper bound.
+Reported epsilon: Google's dp-accounting PLD accountant (privacy loss distributions,
+Koskela et al. / Doroshenko et al. "connect the dots"), the field's reference numerical
+accountant. Each record ``(sigma, q, steps)`` is a Poisson-subsampled Gaussian under
+add/remove adjacency, self-composed ``steps`` times; the records are composed and
+epsilon read at ``delta``. The PESSIMISTIC estimate is reported: an upper bound on
+epsilon at any discretisation (probability mass that is rounded or truncated moves
+towards more privacy loss). At the default discretisation it exceeds the exact value by
+well under 0.1% (README: against finer grids and opacus's PRV). RDP (opacus) is the
+independent, looser cross-check: both bound the same epsilon from above, so RDP coming
+out more than ``DISAGREEMENT_REL`` below PLD can only be a bug.
 
-Accuracy/speed: the PRV grid has ``~2 L sqrt(T log(12/delta_error)/2) / eps_error`` points
-(T = total steps, L ~ RDP epsilon at delta_error/4 + 3), so cost grows with epsilon,
-sqrt(steps) and 1/eps_error. By default ``eps_error = 0.5%`` of the RDP epsilon, clipped
-to ``[1e-3, 0.5]``: the grid then stays near constant size as epsilon grows, and the
-reported bound is at most ~0.5% above the estimate (more below epsilon ~0.2).
+Discretisation: the privacy loss is rounded to multiples of ``interval``; cost grows with
+(range of the privacy loss) / interval, and the range grows with epsilon. The interval is
+``INTERVAL_REL`` x the (cheap, coarse) RDP epsilon, clipped to ``[INTERVAL_MIN,
+INTERVAL_MAX]``, so a plan's evaluation stays at a similar size and accuracy at any
+epsilon (~0.02-0.1 s for the presets; measured against finer grids in the README).
 
-Opacus pitfalls handled here:
+Guards: an RDP epsilon above ``EPSILON_MAX`` (tiny noise or huge step counts: nothing
+there is a meaningful guarantee, and the distributions would span millions of points)
+raises :class:`AccountingError` before any distribution is built, and so does a failure
+inside dp-accounting. :meth:`PrivacyLedger.report` then reports the RDP bound and says why.
 
-* ``sample_rate == 1.0`` works but takes ``log(1 - q) = log(0)`` (a numpy warning); it is
-  silenced, the result is the plain Gaussian mechanism composed ``steps`` times.
-* Tiny noise or huge step counts make the grid explode (tens of seconds, then memory):
-  the grid size is predicted first and :class:`AccountingError` raised above
-  ``MAX_PRV_GRID`` points. Epsilons that large are no meaningful guarantee anyway.
-* Beyond epsilon ~700 opacus returns ``inf`` (``exp(-t)`` underflows): also an
-  :class:`AccountingError`.
-* Opacus raises ``ValueError``/``RuntimeError`` ("Cannot compute epsilon", "Discrete mean
-  differs significantly", "Floating point errors will dominate") for degenerate inputs;
-  these become :class:`AccountingError` with the history and the original message.
-  :meth:`PrivacyLedger.report` then falls back to RDP (a valid, looser bound) and says so.
-* opacus sizes the PRV grid from RDP at 99 fractional orders (slow for q < 1 and large
-  sigma) and to an arbitrary length (FFTs 10x slower for lengths with a large prime
-  factor). ``_PRVAccountant`` overrides the private ``_get_domain`` with a never-narrower
-  domain of 5-smooth length (opacus is pinned < 1.7); the mesh, discretisation and
-  composition are opacus's own, and results match a plain ``PRVAccountant`` to ~1e-6.
-* Records with equal ``(sigma, q)`` are merged and the history is sorted before it is
-  handed over, so the result does not depend on declaration order or on how a run was
-  split into records (opacus's convolution tree is order dependent in the last digits).
+Records with equal ``(sigma, q)`` are merged and sorted before composing, so the result
+does not depend on declaration order or on how a run was split into records.
 """
 
 from __future__ import annotations
@@ -45,10 +36,9 @@ import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
+from dp_accounting.pld import privacy_loss_distribution as pld_lib
+from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
-from opacus.accountants.analysis.prv import Domain
-from scipy.fft import next_fast_len
 from scipy.optimize import brentq
 from scipy.stats import norm
 
@@ -59,34 +49,35 @@ __all__ = [
     "AccountingError",
     "ACCOUNTANTS",
     "compose_epsilon",
-    "default_eps_error",
     "history",
-    "prv_epsilon",
-    "prv_estimate",
+    "pld_epsilon",
+    "pld_interval",
     "rdp_epsilon",
     "gaussian_delta",
     "gaussian_mu",
     "clt_sigma",
 ]
 
-ACCOUNTANTS = ("prv", "rdp")
+ACCOUNTANTS = ("pld", "rdp")
 
-# eps_error = EPS_ERROR_REL * (RDP epsilon), clipped: relative accuracy keeps the PRV grid
-# small for large epsilon; the floor bounds the grid for tiny epsilon; opacus's domain
-# bound is only trusted for eps_error < 1 (see its FIXME in compute_safe_domain_size).
-EPS_ERROR_REL = 0.005
-EPS_ERROR_MIN = 1e-3
-EPS_ERROR_MAX = 0.5
-# Above this many grid points a PRV evaluation takes seconds and hundreds of MB.
-MAX_PRV_GRID = 8_000_000
+# interval = INTERVAL_REL * (RDP epsilon), clipped: a relative discretisation keeps the
+# distributions' size (and the bound's relative accuracy) near constant over epsilon.
+INTERVAL_REL = 1e-4
+INTERVAL_MIN = 1e-6
+INTERVAL_MAX = 1e-3
+# Beyond this (RDP) epsilon nothing is a meaningful guarantee and the distributions would
+# span millions of points: refused as an AccountingError (the ledger falls back to RDP).
+EPSILON_MAX = 1000.0
+# RDP below PLD by more than this fraction of PLD is a bug (PLD's own overestimate at the
+# default discretisation is ~1e-4 of epsilon; RDP's is a few percent above the truth).
+DISAGREEMENT_REL = 0.01
 
 # RDP orders for the reported RDP epsilon: opacus's defaults plus larger orders, which
 # tighten the bound for small epsilon (opacus warns when the optimum is its largest order).
 RDP_ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS) + (80, 96, 128, 192, 256)
-# Cheap orders for internal bounds (the PRV domain half-width, the eps_error scale): a
-# subset of opacus's defaults, so the domain is never narrower than opacus's own choice.
-# Fractional orders cost O(sigma) terms each in opacus for q < 1, so they are only used for
-# sigma <= _FRACTIONAL_SIGMA_MAX, where the optimal order can be below 2.
+# Cheap orders for the scale of epsilon (the discretisation and the guard): a subset of
+# opacus's defaults. Fractional orders cost O(sigma) terms each in opacus for q < 1, so they
+# are only used for sigma <= _FRACTIONAL_SIGMA_MAX, where the optimal order can be below 2.
 _COARSE_ORDERS = tuple(
     a for a in RDPAccountant.DEFAULT_ALPHAS
     if any(abs(a - b) < 1e-9 for b in (1.2, 1.5, 1.8, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 63))
@@ -97,7 +88,7 @@ History = list[tuple[float, float, int]]
 
 
 class AccountingError(RuntimeError):
-    """The PRV accountant cannot evaluate this history (not a user error by itself)."""
+    """The PLD accountant cannot evaluate this history (not a user error by itself)."""
 
 
 def _check_delta(delta: float) -> float:
@@ -116,7 +107,7 @@ def _as_mechanisms(mechanisms: Iterable[SubsampledGaussian]) -> tuple[Subsampled
 
 
 def history(mechanisms: Iterable[SubsampledGaussian]) -> History:
-    """Opacus history ``[(sigma, q, steps)]``: equal (sigma, q) merged, sorted."""
+    """``[(sigma, q, steps)]``: equal (sigma, q) merged, sorted."""
     steps: dict[tuple[float, float], int] = {}
     for m in _as_mechanisms(mechanisms):
         key = (m.noise_multiplier, m.sample_rate)
@@ -146,17 +137,13 @@ def _rdp_to_eps(rdp: np.ndarray, orders: Sequence[float], delta: float) -> float
     return max(eps, 0.0) if not math.isnan(eps) else math.inf
 
 
-def _rdp_total(hist: History, orders: Sequence[float], cheap: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
-    per_step = _rdp_per_step(hist, orders, cheap)
-    total = sum((r * n for r, (_, _, n) in zip(per_step, hist)), np.zeros(len(orders)))
-    return total, per_step
-
-
-def _rdp_eps_of_history(hist: History, delta: float, orders: Sequence[float], cheap: bool = False) -> float:
+def _coarse_rdp_epsilon(hist: History, delta: float) -> float:
+    """RDP epsilon on cheap orders: the scale of epsilon (never below the reported RDP bound)."""
     if not hist:
         return 0.0
-    total, _ = _rdp_total(hist, orders, cheap)
-    return _rdp_to_eps(total, orders, delta)
+    per_step = _rdp_per_step(hist, _COARSE_ORDERS, cheap=True)
+    total = sum((r * n for r, (_, _, n) in zip(per_step, hist)), np.zeros(len(_COARSE_ORDERS)))
+    return _rdp_to_eps(total, _COARSE_ORDERS, delta)
 
 
 def rdp_epsilon(mechanisms: Iterable[SubsampledGaussian], delta: float) -> float:
@@ -171,131 +158,84 @@ def rdp_epsilon(mechanisms: Iterable[SubsampledGaussian], delta: float) -> float
     return max(eps, 0.0) if not math.isnan(eps) else math.inf
 
 
-def _eps_error_for(hist: History, delta: float) -> float:
-    scale = _rdp_eps_of_history(hist, delta, _COARSE_ORDERS, cheap=True)
+def _interval_for(hist: History, delta: float) -> float:
+    scale = _coarse_rdp_epsilon(hist, delta)
     if not math.isfinite(scale):
-        return EPS_ERROR_MAX
-    return float(min(max(EPS_ERROR_REL * scale, EPS_ERROR_MIN), EPS_ERROR_MAX))
+        return INTERVAL_MAX
+    return float(min(max(INTERVAL_REL * scale, INTERVAL_MIN), INTERVAL_MAX))
 
 
-def default_eps_error(mechanisms: Iterable[SubsampledGaussian], delta: float) -> float:
-    """The PRV ``eps_error`` used when none is given: 0.5% of RDP epsilon, in [1e-3, 0.5]."""
-    return _eps_error_for(history(mechanisms), _check_delta(delta))
+def pld_interval(mechanisms: Iterable[SubsampledGaussian], delta: float) -> float:
+    """The discretisation used when none is given: ``INTERVAL_REL`` x RDP epsilon, clipped."""
+    return _interval_for(history(mechanisms), _check_delta(delta))
 
 
-class _PRVAccountant(PRVAccountant):
-    """opacus's PRV accountant with a cheaper and FFT-friendly domain; same mesh.
-
-    * Half-width: opacus derives it from RDP at its 99 fractional orders, which dominates
-      the run time for q < 1 and large sigma (~0.1-0.5 s per call). We use a subset of
-      the same orders, so the bound is never smaller and the domain never narrower (the
-      truncation error never larger).
-    * Size: opacus's grid size is arbitrary, and pocketfft falls back to Bluestein for
-      sizes with a large prime factor (10x slower: 0.26 s vs 0.02 s for one 1.7M-point
-      rfft). We widen the domain on both sides to the next 5-smooth even size.
-    """
-
-    def __init__(self, half_width: float) -> None:
-        super().__init__()
-        self._half_width = half_width
-
-    def _get_domain(self, prvs, num_self_compositions, eps_error, delta_error) -> Domain:
-        mesh = _mesh(num_self_compositions, eps_error, delta_error)
-        domain = Domain.create_aligned(-self._half_width, self._half_width, mesh)
-        size = next_fast_len(domain.size, real=True)
-        while size % 2:
-            size = next_fast_len(size + 1, real=True)
-        # Keep opacus's layout [-k dt, (k + 1) dt]: its FFT self-composition rolls the
-        # result assuming it, so the domain must grow on both sides, not only the right.
-        half = size // 2 - 1
-        dt = domain.dt
-        return Domain(-half * dt, (half + 1) * dt, size)
-
-
-def _mesh(num_self_compositions: Sequence[int], eps_error: float, delta_error: float) -> float:
-    return eps_error / math.sqrt(sum(num_self_compositions) * math.log(12 / delta_error) / 2)
-
-
-def _half_width(hist: History, eps_error: float, delta_error: float) -> float:
-    """opacus's ``compute_safe_domain_size`` (Gopi et al., remark 5.6) on cheap orders."""
-    total_steps = sum(n for _, _, n in hist)
-    total, per_step = _rdp_total(hist, _COARSE_ORDERS, cheap=True)
-    bound = _rdp_to_eps(total, _COARSE_ORDERS, delta_error / 4)
-    for curve in per_step:
-        bound = max(bound, _rdp_to_eps(curve, _COARSE_ORDERS, delta_error / (8 * total_steps)))
-    return max(bound, eps_error) + 3
-
-
-def _prv_upper(hist: History, delta: float, eps_error: float) -> float:
+def _pld_epsilon(hist: History, delta: float, interval: float) -> float:
     if not hist:
         return 0.0
-    delta_error = delta / 1000  # opacus's default
-    half_width = _half_width(hist, eps_error, delta_error)
-    points = 2 * half_width / _mesh([n for _, _, n in hist], eps_error, delta_error) + 2
-    if not points <= MAX_PRV_GRID:
+    scale = _coarse_rdp_epsilon(hist, delta)
+    if not scale <= EPSILON_MAX:
         raise AccountingError(
-            f"PRV accountant would need ~{points:.3g} grid points (limit {MAX_PRV_GRID:.0e}) for "
-            f"history (sigma, q, steps)={hist} at delta={delta:g}, eps_error={eps_error:g}: "
-            "epsilon is very large (noise too small or too many steps)"
+            f"epsilon of history (sigma, q, steps)={hist} at delta={delta:g} is about {scale:.3g} (RDP), "
+            f"above {EPSILON_MAX:g}: the noise is too small or the steps too many for any meaningful guarantee"
         )
-    accountant = _PRVAccountant(half_width)
-    accountant.history = list(hist)
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")  # log(1 - q) at q = 1; quad accuracy notes
-            eps = float(accountant.get_epsilon(delta=delta, eps_error=eps_error, delta_error=delta_error))
+            warnings.simplefilter("ignore")
+            composed = None
+            for sigma, q, steps in hist:
+                one = pld_lib.from_gaussian_mechanism(
+                    standard_deviation=sigma, sampling_prob=q, value_discretization_interval=interval,
+                    pessimistic_estimate=True, use_connect_dots=True,
+                )
+                one = one.self_compose(steps) if steps > 1 else one
+                composed = one if composed is None else composed.compose(one)
+            eps = float(composed.get_epsilon_for_delta(delta))
     except (ValueError, RuntimeError, IndexError, ArithmeticError, MemoryError) as exc:
         raise AccountingError(
-            f"opacus PRV accountant failed for history (sigma, q, steps)={hist} at "
-            f"delta={delta:g}, eps_error={eps_error:g}: {type(exc).__name__}: {exc}"
+            f"dp-accounting PLD failed for history (sigma, q, steps)={hist} at delta={delta:g}, "
+            f"interval={interval:g}: {type(exc).__name__}: {exc}"
         ) from exc
     if not math.isfinite(eps):
-        # exp(-t) underflows in opacus's compute_epsilon beyond epsilon ~700.
         raise AccountingError(
-            f"opacus PRV accountant returned {eps} for history (sigma, q, steps)={hist} at "
-            f"delta={delta:g}: epsilon is beyond what it can represent (~700)"
+            f"dp-accounting PLD returned {eps} for history (sigma, q, steps)={hist} at delta={delta:g}"
         )
     return max(eps, 0.0)
 
 
-def prv_epsilon(mechanisms: Iterable[SubsampledGaussian], delta: float, eps_error: float | None = None) -> float:
-    """PRV upper bound on epsilon (what we report); raises :class:`AccountingError`."""
+def _checked_interval(hist: History, delta: float, interval: float | None) -> float:
+    if interval is None:
+        return _interval_for(hist, delta)
+    interval = float(interval)
+    if not (0 < interval <= 1):
+        raise ConfigError(f"the PLD discretisation interval must be in (0, 1], got {interval!r}")
+    return interval
+
+
+def pld_epsilon(mechanisms: Iterable[SubsampledGaussian], delta: float, interval: float | None = None) -> float:
+    """The reported epsilon: PLD's pessimistic estimate, an upper bound; raises
+    :class:`AccountingError`. ``interval``: the discretisation (default :func:`pld_interval`;
+    searches pass a coarser one, still an upper bound, slightly looser)."""
     delta = _check_delta(delta)
     hist = history(mechanisms)
-    if not hist:
-        return 0.0
-    if eps_error is None:
-        eps_error = _eps_error_for(hist, delta)
-    eps_error = float(eps_error)
-    if not (0 < eps_error < 1):
-        raise ConfigError(f"eps_error must be in (0, 1), got {eps_error!r}")
-    return _prv_upper(hist, delta, eps_error)
-
-
-def prv_estimate(mechanisms: Iterable[SubsampledGaussian], delta: float, eps_error: float) -> float:
-    """PRV point estimate (upper bound minus ``eps_error``): for searches, never for reports.
-
-    The estimate is far more accurate than ``eps_error`` (typically <0.1% at
-    eps_error = 10% of epsilon), so a coarse grid is enough to steer a calibration.
-    """
-    return prv_epsilon(mechanisms, delta, eps_error) - float(eps_error)
+    return _pld_epsilon(hist, delta, _checked_interval(hist, delta, interval))
 
 
 def compose_epsilon(
     mechanisms: Iterable[SubsampledGaussian],
     delta: float,
-    accountant: str = "prv",
+    accountant: str = "pld",
     *,
-    eps_error: float | None = None,
+    interval: float | None = None,
 ) -> float:
     """Epsilon of all records composed, at ``delta``; 0.0 for no records.
 
-    ``accountant="prv"``: opacus PRV upper bound (``eps_error`` default: see
-    :func:`default_eps_error`); raises :class:`AccountingError` when PRV cannot be
-    evaluated. ``accountant="rdp"``: opacus RDP bound.
+    ``accountant="pld"``: dp-accounting's pessimistic PLD bound (``interval`` default: see
+    :func:`pld_interval`); raises :class:`AccountingError` when it cannot be evaluated.
+    ``accountant="rdp"``: opacus RDP bound.
     """
-    if accountant == "prv":
-        return prv_epsilon(mechanisms, delta, eps_error)
+    if accountant == "pld":
+        return pld_epsilon(mechanisms, delta, interval)
     if accountant == "rdp":
         return rdp_epsilon(mechanisms, delta)
     raise ConfigError(f"unknown accountant {accountant!r}; use one of {ACCOUNTANTS}")

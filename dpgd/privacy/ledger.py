@@ -26,17 +26,17 @@ _READABLE_VERSIONS = (1, 2)
 class PrivacyReport:
     """The composed guarantee of a ledger at one delta.
 
-    ``epsilon`` is the PRV upper bound (``accountant == "prv"``); ``eps_error`` is PRV's
-    accuracy parameter (the true epsilon is at least ``epsilon - 2 * eps_error``). If PRV
+    ``epsilon`` is dp-accounting's pessimistic PLD bound (``accountant == "pld"``) at the
+    discretisation ``pld_interval``; ``epsilon_rdp`` the opacus RDP cross-check. If PLD
     cannot be evaluated the report falls back to RDP: ``accountant == "rdp"``,
-    ``eps_error == 0`` and ``note`` says why.
+    ``pld_interval == 0`` and ``note`` says why.
     """
 
     epsilon: float
     epsilon_rdp: float
     delta: float
     accountant: str
-    eps_error: float
+    pld_interval: float
     mechanisms: list[dict[str, Any]]
     adjacency: str = ADJACENCY
     note: str = ""
@@ -95,36 +95,34 @@ class PrivacyLedger:
     def __len__(self) -> int:
         return len(self._mechanisms)
 
-    def report(self, delta: float, eps_error: float | None = None) -> PrivacyReport:
-        """Compose all records at ``delta`` (PRV, cross-checked against RDP).
+    def report(self, delta: float) -> PrivacyReport:
+        """Compose all records at ``delta`` (PLD, cross-checked against RDP).
 
-        Raises ``RuntimeError("accountant disagreement ...")`` if RDP comes out below PRV's
-        lower bound ``epsilon - 2 * eps_error``: both are upper bounds on the same
-        epsilon, so that can only be a bug in one of them or in how we call them.
+        Raises ``RuntimeError("accountant disagreement ...")`` if RDP comes out more than
+        ``DISAGREEMENT_REL`` below PLD: both are upper bounds on the same epsilon and PLD's
+        is the tight one, so that can only be a bug in one of them or in how we call them.
         """
         delta = float(delta)
         if not (0 < delta < 1):
             raise ConfigError(f"delta must be in (0, 1), got {delta!r}")
         records = self.records
         if not self._mechanisms:
-            return PrivacyReport(0.0, 0.0, delta, "prv", 0.0, records)
+            return PrivacyReport(0.0, 0.0, delta, "pld", 0.0, records)
         eps_rdp = analysis.rdp_epsilon(self._mechanisms, delta)
-        if eps_error is None:
-            eps_error = analysis.default_eps_error(self._mechanisms, delta)
+        interval = analysis.pld_interval(self._mechanisms, delta)
         try:
-            eps_prv = analysis.prv_epsilon(self._mechanisms, delta, eps_error)
+            eps_pld = analysis.pld_epsilon(self._mechanisms, delta, interval)
         except analysis.AccountingError as exc:
             return PrivacyReport(
                 eps_rdp, eps_rdp, delta, "rdp", 0.0, records,
-                note=f"PRV unavailable, reporting the RDP bound instead: {exc}",
+                note=f"PLD unavailable, reporting the RDP bound instead: {exc}",
             )
-        if eps_rdp < eps_prv - 2 * eps_error - 1e-9:
+        if eps_rdp < eps_pld * (1 - analysis.DISAGREEMENT_REL) - 1e-9:
             raise RuntimeError(
-                f"accountant disagreement: RDP epsilon {eps_rdp:.6g} is below the PRV lower "
-                f"bound {eps_prv - 2 * eps_error:.6g} (PRV upper {eps_prv:.6g}, eps_error "
-                f"{eps_error:g}) at delta={delta:g} for {records}"
+                f"accountant disagreement: RDP epsilon {eps_rdp:.6g} is below the PLD bound "
+                f"{eps_pld:.6g} by more than {analysis.DISAGREEMENT_REL:.0%} at delta={delta:g} for {records}"
             )
-        return PrivacyReport(eps_prv, eps_rdp, delta, "prv", float(eps_error), records)
+        return PrivacyReport(eps_pld, eps_rdp, delta, "pld", interval, records)
 
     # --- serialisation -------------------------------------------------------------
 

@@ -2,10 +2,10 @@
 
 Split convention. ``fraction`` is a share of the TOTAL epsilon. Component i alone is
 calibrated to spend ``s * fraction_i * epsilon`` (its noise multiplier is the one at which
-its own PRV epsilon equals that), with one scale ``s`` common to all components. With
+its own PLD epsilon equals that), with one scale ``s`` common to all components. With
 ``s = 1`` each component alone spends exactly its share; because composition is
 sub-additive (sqrt-like for Gaussians), the composed epsilon is then below ``epsilon``,
-so ``s`` (usually > 1) is found by search such that the COMPOSED PRV epsilon of all
+so ``s`` (usually > 1) is found by search such that the COMPOSED PLD epsilon of all
 mechanisms lies in ``[epsilon * (1 - rel_tol), epsilon]`` -- never above. The shares thus
 fix the ratios of the per-component epsilons, and the whole budget is used.
 
@@ -43,7 +43,7 @@ __all__ = ["ComponentRequest", "NoisePlan", "plan_budget", "check_delta", "SIGMA
 # <= batch * C): a plan needing more is better refused than run.
 SIGMA_MAX = 1e4
 SIGMA_MIN = 1e-2
-# PRV (opacus) returns inf beyond epsilon ~700; nothing above ~100 is a meaningful guarantee.
+# Nothing above ~100 is a meaningful guarantee; the accountant refuses far above (analysis.EPSILON_MAX).
 EPSILON_MAX = 200.0
 
 
@@ -69,14 +69,15 @@ class ComponentRequest:
 
 @dataclass(frozen=True)
 class NoisePlan:
-    """Calibrated noise multipliers; ``epsilon`` is the composed PRV upper bound."""
+    """Calibrated noise multipliers; ``epsilon`` is the composed PLD upper bound (the
+    reported accountant, at its default discretisation ``pld_interval``)."""
 
     multipliers: dict[str, float]
     mechanisms: tuple[SubsampledGaussian, ...]
     epsilon: float
     epsilon_target: float
     delta: float
-    eps_error: float = 0.0
+    pld_interval: float = 0.0
     scale: float = 1.0  # the common factor s on the per-component targets
     skipped: tuple[str, ...] = field(default=())  # fraction-0 components: no DP mechanism
 
@@ -124,7 +125,7 @@ class NoisePlan:
             "epsilon": self.epsilon,
             "epsilon_target": self.epsilon_target,
             "delta": self.delta,
-            "eps_error": self.eps_error,
+            "pld_interval": self.pld_interval,
             "scale": self.scale,
             "skipped": list(self.skipped),
         }
@@ -156,7 +157,7 @@ def _validate(epsilon: float, delta: float, requests: Sequence[ComponentRequest]
     if epsilon > EPSILON_MAX:
         raise ConfigError(
             f"epsilon={epsilon:g} is above {EPSILON_MAX:g}, where a DP guarantee means nothing and "
-            "the PRV accountant loses precision; use a smaller epsilon or the non-private path"
+            "no accountant is meaningful; use a smaller epsilon or the non-private path"
         )
     if not isinstance(delta, (int, float)) or not (0 < delta < 1):
         raise ConfigError(f"delta must be in (0, 1), got {delta!r}; the convention is 1e-5")
@@ -210,7 +211,7 @@ def plan_budget(
 ) -> NoisePlan:
     """Calibrate noise multipliers so all components together spend ``epsilon``.
 
-    Returns a plan whose composed PRV epsilon lies in ``[epsilon*(1-rel_tol), epsilon]``.
+    Returns a plan whose composed PLD epsilon (what the ledger reports) lies in ``[epsilon*(1-rel_tol), epsilon]``.
     Raises ConfigError for invalid input and BudgetError (naming the component) for a
     share that cannot be met; nothing is read or run before this succeeds.
 
@@ -246,13 +247,13 @@ def plan_budget(
             last_infeasible.append(exc)
             return -math.inf  # a target too small to reach: raise s
         try:
-            eps = analysis.prv_epsilon(mechs, delta)
+            eps = analysis.pld_epsilon(mechs, delta)
         except analysis.AccountingError:
-            return math.inf  # only tiny noise (a huge epsilon) defeats PRV: lower s
+            return math.inf  # only tiny noise (a huge epsilon) defeats the accountant: lower s
         results[log_s] = (mechs, eps)
         return math.log(eps) if eps > 0 else -math.inf
 
-    s0 = initial_scale(components, epsilon, delta, goal * (1 - analysis.EPS_ERROR_REL))
+    s0 = initial_scale(components, epsilon, delta, goal)
     x_max = math.log(1 / max(c.request.fraction for c in components))
     try:
         log_s, _ = solve_increasing(log_composed, math.log(s0), y_lo, y_hi, math.log(1e-6), x_max)
@@ -272,7 +273,7 @@ def plan_budget(
         epsilon=eps,
         epsilon_target=epsilon,
         delta=delta,
-        eps_error=analysis.default_eps_error(mechs, delta),
+        pld_interval=analysis.pld_interval(mechs, delta),
         scale=math.exp(log_s),
         skipped=skipped,
     )

@@ -21,7 +21,7 @@ def privacy_summary(ledger: PrivacyLedger, *, epsilon_target: float, delta: floa
     private = math.isfinite(epsilon_target)
     if not private:
         report: dict[str, Any] = {"epsilon": math.inf, "epsilon_rdp": math.inf, "delta": float(delta),
-                                  "accountant": None, "eps_error": 0.0, "mechanisms": [], "note": "epsilon=inf"}
+                                  "accountant": None, "pld_interval": 0.0, "mechanisms": [], "note": "epsilon=inf"}
     else:
         report = ledger.report(float(delta)).to_dict()
         if report["epsilon"] > epsilon_target:
