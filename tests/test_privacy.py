@@ -219,6 +219,16 @@ def test_pld_discretisation_is_fine_and_pessimistic():
     assert coarse > default
 
 
+def test_plan_with_many_steps_meets_the_target():
+    """The pessimistic rounding of every step adds up (excess ~1.2 T interval^2): with 10^5
+    matching steps a search on a fixed coarse grid overestimated epsilon by >10 % and could
+    not reach the target. Intervals shrink with sqrt(T), so the plan meets it exactly."""
+    plan = plan_budget(1.0, DELTA, [request("counts", 0.1, 1.0, 1), request("matcher", 0.9, 0.1, 100_000)])
+    assert 0.98 <= plan.epsilon <= 1.0
+    assert plan.pld_interval <= analysis.INTERVAL_STEPS / math.sqrt(100_001)
+    assert dp_accounting_pld(plan.mechanisms, DELTA, interval=1e-5) == pytest.approx(plan.epsilon, rel=1e-3)
+
+
 def test_pld_failure_is_reported_not_hidden():
     tiny = [SubsampledGaussian("matcher", 0.05, 1.0, 1000)]  # epsilon in the hundreds of thousands
     with pytest.raises(AccountingError, match="matcher|0.05"):
