@@ -197,7 +197,7 @@ class GeneratorConfig:
 class BudgetConfig:
     # dpgeng | ndpdc (the whole budget on matching). Fractions of the total epsilon given
     # to each component; they must sum to 1 (the planner then scales all shares by one
-    # factor so the composed PLD epsilon meets the target; shares of components that are
+    # factor so the composed PRV epsilon meets the target; shares of components that are
     # switched off go to the others in proportion). DP-GenG's split is chosen a priori,
     # not on test accuracy: the pool feeds every later stage (initialisation, extractors,
     # expert pre-training, alignment references), so the generator's single release gets
@@ -332,10 +332,6 @@ class ExpertConfig:
     align_weight: float = 1.0
     ce_weight: float = 0.1
     temperature: float = 4.0
-    # Apply the alignment loss every n-th matching iteration, weighted x n: the same pull on
-    # average over the iterations at 1/n of its cost (one expert forward/backward of the
-    # synthetic set per use: ~0.18 s of a 0.75 s iteration on cifar10-mini).
-    align_every: int = 1
     # Pool images per class whose mean soft prediction is the class target.
     reference_per_class: int = 200
     # dp_sgd: the noise multiplier across DP-SGD steps (constant = plain DP-SGD).

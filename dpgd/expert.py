@@ -267,12 +267,8 @@ class ExpertAlignment:
         ce_weight: float,
         generator: torch.Generator,
         device: torch.device,
-        every: int = 1,
     ) -> None:
-        if every < 1:
-            raise ConfigError(f"expert.align_every must be at least 1, got {every}.")
         self.expert = expert.to(device).eval()
-        self.every = int(every)
         self.temperature = float(temperature)
         self.align_weight = float(align_weight)
         self.ce_weight = float(ce_weight)
@@ -287,13 +283,9 @@ class ExpertAlignment:
                 targets.append(F.softmax(logits, dim=1).mean(0))
         self.targets = torch.stack(targets)  # (K, K): expert's mean soft prediction per class
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, iteration: int = 0) -> torch.Tensor | None:
-        """The loss at matching iteration ``iteration``, or ``None`` where it skips (every n-th
-        iteration counts, weighted x n)."""
-        if iteration % self.every:
-            return None
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = self.expert(images)
         log_q = F.log_softmax(logits / self.temperature, dim=1)
         target = self.targets[labels]
         kl = (target * (target.clamp_min(1e-12).log() - log_q)).sum(1).mean() * self.temperature**2
-        return self.every * (self.align_weight * kl + self.ce_weight * F.cross_entropy(logits, labels))
+        return self.align_weight * kl + self.ce_weight * F.cross_entropy(logits, labels)

@@ -351,7 +351,6 @@ def build_alignment(
         temperature=cfg.expert.temperature, reference_per_class=cfg.expert.reference_per_class,
         align_weight=cfg.expert.align_weight, ce_weight=cfg.expert.ce_weight,
         generator=stage_generator(ctx.seed, "expert", "references"), device=ctx.device,
-        every=cfg.expert.align_every,
     )
 
 

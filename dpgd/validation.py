@@ -128,9 +128,6 @@ def check_stage_combinations(cfg: TrainConfig) -> None:
     # for the first private run to show up.
     if cfg.expert.name != "none":
         relative_pieces(cfg.expert.noise_schedule, cfg.expert.steps)
-        if cfg.expert.align_every < 1:
-            raise ConfigError(f"expert.align_every={cfg.expert.align_every} must be at least 1 "
-                              "(1 = the alignment loss in every matching iteration).")
     if cfg.matcher.name == "dp_feature":
         relative_pieces(cfg.matcher.noise_schedule, cfg.matcher.iterations)
         matcher_privacy_request(cfg.matcher, extractors=snapshot_count(cfg.pool_nets))

@@ -57,32 +57,3 @@ def test_train_expert_refuses_an_unresolved_auto():
     with pytest.raises(ConfigError, match="finetune=all or head"):
         train_expert(OmegaConf.structured(ExpertConfig(steps=1)), start, dataset, 1.0, torch.device("cpu"),
                      progress=False, **exact_counts_and_noise(dataset))
-
-
-def test_alignment_every_nth_iteration_is_weighted_by_n():
-    """expert.align_every=n: the loss runs on iterations 0, n, 2n... at n times the weight
-    (the same pull on average at 1/n of the cost), and is absent in between."""
-    from dpgd.config import ModelConfig
-    from dpgd.errors import ConfigError
-    from dpgd.expert import ExpertAlignment
-    from dpgd.models import seeded_model
-
-    torch.manual_seed(0)
-    model = seeded_model(ModelConfig(width=8), 1, 10, (8, 8), 0)
-    pool = torch.randn(40, 1, 8, 8)
-    pool_labels = torch.arange(10).repeat(4)
-    images, labels = torch.randn(10, 1, 8, 8), torch.arange(10)
-
-    def alignment(every):
-        return ExpertAlignment(model, pool, pool_labels, num_classes=10, temperature=4.0, reference_per_class=4,
-                               align_weight=1.0, ce_weight=0.1, generator=torch.Generator().manual_seed(0),
-                               device=torch.device("cpu"), every=every)
-
-    every_one, every_three = alignment(1), alignment(3)
-    with torch.no_grad():
-        base = every_one(images, labels, 5)
-        assert base is not None and float(base) > 0
-        assert [every_three(images, labels, i) is None for i in range(7)] == [False, True, True, False, True, True, False]
-        assert float(every_three(images, labels, 3)) == pytest.approx(3 * float(base), rel=1e-6)
-    with pytest.raises(ConfigError, match="align_every"):
-        alignment(0)

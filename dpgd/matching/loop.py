@@ -260,7 +260,7 @@ def match(
     on_iteration: Callable[[int, dict[str, float | torch.Tensor]], None] | None = None,
     progress: bool = True,
     factor: int = 1,
-    extra_loss: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor | None] | None = None,
+    extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     sampling_generator: torch.Generator | None = None,
     counts: ClassCounts | None = None,
     releases: ReleaseLog | None = None,
@@ -277,9 +277,8 @@ def match(
     the declared records). The sigma of each iteration is reported to ``on_iteration``
     under ``"sigma"``, the losses as 0-dim tensors (``float()`` only what is logged). With
     multi-formation ``factor`` > 1 the stored images are unpacked (differentiably) before
-    embedding. ``extra_loss(images, labels, iteration)`` (the expert
-    alignment) is added to the matching loss unless it returns ``None``; it must use no
-    private data. ``checkpoint``
+    embedding. ``extra_loss(images, labels)`` (the expert
+    alignment) is added to the matching loss; it must use no private data. ``checkpoint``
     saves the loop's state periodically and resumes from a saved one. Returns the
     optimised stored images (detached, on CPU) and statistics.
     """
@@ -363,8 +362,8 @@ def match(
             snr_sums = {"snr_bound": snr_sums["snr_bound"] + target_metrics["snr_bound"],
                         "snr": snr_sums["snr"] + target_metrics["snr"], "releases": snr_sums["releases"] + 1}
         metrics: dict[str, float | torch.Tensor] = {"match_loss": loss.detach(), **target_metrics}
-        aligned = None if extra_loss is None else extra_loss(syn_full, syn_full_labels, iteration)
-        if aligned is not None:
+        if extra_loss is not None:
+            aligned = extra_loss(syn_full, syn_full_labels)
             metrics["align_loss"] = aligned.detach()
             loss = loss + aligned
         optimiser.zero_grad(set_to_none=True)
