@@ -52,7 +52,6 @@ __all__ = [
     "ACCOUNTANTS",
     "compose_epsilon",
     "history",
-    "total_steps",
     "pld_epsilon",
     "pld_interval",
     "rdp_epsilon",
@@ -162,12 +161,8 @@ def rdp_epsilon(mechanisms: Iterable[SubsampledGaussian], delta: float) -> float
     return max(eps, 0.0) if not math.isnan(eps) else math.inf
 
 
-def total_steps(mechanisms: Iterable[SubsampledGaussian]) -> int:
-    return sum(m.steps for m in _as_mechanisms(mechanisms))
-
-
-def _interval_for(hist: History, delta: float) -> float:
-    scale = _coarse_rdp_epsilon(hist, delta)
+def _interval_for(hist: History, scale: float) -> float:
+    """The default discretisation for a history whose (coarse RDP) epsilon is ``scale``."""
     steps_bound = INTERVAL_STEPS / math.sqrt(max(sum(n for _, _, n in hist), 1))
     interval = min(INTERVAL_REL * scale, steps_bound) if math.isfinite(scale) else steps_bound
     return float(min(max(interval, INTERVAL_MIN), INTERVAL_MAX))
@@ -175,13 +170,16 @@ def _interval_for(hist: History, delta: float) -> float:
 
 def pld_interval(mechanisms: Iterable[SubsampledGaussian], delta: float) -> float:
     """The discretisation used when none is given (see the module docstring)."""
-    return _interval_for(history(mechanisms), _check_delta(delta))
+    hist = history(mechanisms)
+    return _interval_for(hist, _coarse_rdp_epsilon(hist, _check_delta(delta)))
 
 
-def _pld_epsilon(hist: History, delta: float, interval: float) -> float:
+def _pld_epsilon(hist: History, delta: float, interval: float | None) -> float:
     if not hist:
         return 0.0
     scale = _coarse_rdp_epsilon(hist, delta)
+    if interval is None:
+        interval = _interval_for(hist, scale)
     if not scale <= EPSILON_MAX:
         raise AccountingError(
             f"epsilon of history (sigma, q, steps)={hist} at delta={delta:g} is about {scale:.3g} (RDP), "
@@ -211,9 +209,9 @@ def _pld_epsilon(hist: History, delta: float, interval: float) -> float:
     return max(eps, 0.0)
 
 
-def _checked_interval(hist: History, delta: float, interval: float | None) -> float:
+def _checked_interval(interval: float | None) -> float | None:
     if interval is None:
-        return _interval_for(hist, delta)
+        return None
     interval = float(interval)
     if not (0 < interval <= 1):
         raise ConfigError(f"the PLD discretisation interval must be in (0, 1], got {interval!r}")
@@ -226,7 +224,7 @@ def pld_epsilon(mechanisms: Iterable[SubsampledGaussian], delta: float, interval
     searches pass a coarser one, still an upper bound, slightly looser)."""
     delta = _check_delta(delta)
     hist = history(mechanisms)
-    return _pld_epsilon(hist, delta, _checked_interval(hist, delta, interval))
+    return _pld_epsilon(hist, delta, _checked_interval(interval))
 
 
 def compose_epsilon(
