@@ -1,7 +1,7 @@
 """The ``budget`` group: turn the config into a noise plan before any data is read.
 
 Every component that runs a DP mechanism states its :class:`~dpgd.privacy.PrivacyNeed`
-(count release, generator, expert, matcher) and gets a share of the total epsilon;
+(count release, generator, expert, matcher, selection) and gets a share of the total epsilon;
 :func:`dpgd.privacy.plan_budget` calibrates every noise multiplier and checks the composed
 total with the numerical accountant. A plan that cannot meet the target raises
 :class:`~dpgd.errors.BudgetError` here, at the start of the run.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 
-from dpgd import counts
+from dpgd import counts, selection
 from dpgd.config import TrainConfig
 from dpgd.errors import ConfigError
 from dpgd.expert import privacy_request as expert_privacy_request
@@ -42,29 +42,48 @@ def component_needs(cfg: TrainConfig) -> list[tuple[PrivacyNeed, float]]:
     return needs
 
 
+def selection_need(cfg: TrainConfig) -> PrivacyNeed | None:
+    """The DP selection's need (None when it does not run: then its share is spent elsewhere)."""
+    return selection.privacy_request(cfg.selection, cfg.matcher)
+
+
 def component_requests(cfg: TrainConfig) -> list[ComponentRequest]:
-    """The planner's requests: the count release takes ``budget.counts`` off the top and the
-    components that run share the rest in proportion to their fractions (so a preset like
-    budget=dpgeng with expert=none still spends the whole target)."""
+    """The planner's requests: the count release takes ``budget.counts`` off the top, the
+    DP selection (if it runs) ``budget.selection``, and the components that run share the
+    rest in proportion to their fractions (so a preset like budget=dpgeng with expert=none
+    still spends the whole target)."""
     needs = component_needs(cfg)
     if not needs:  # nothing data-dependent is released (e.g. noise init, no matching)
         return []
-    counts_share = cfg.budget.counts
+    requests = [counts.privacy_request().request(cfg.budget.counts)]
+    rest = 1.0 - cfg.budget.counts
+    chooser = selection_need(cfg)
+    if chooser is not None:
+        requests.append(chooser.request(cfg.budget.selection))
+        rest -= cfg.budget.selection
     total = sum(share for _, share in needs)
-    return [counts.privacy_request().request(counts_share),
-            *[need.request((1.0 - counts_share) * share / total) for need, share in needs]]
+    return [*requests, *[need.request(rest * share / total) for need, share in needs]]
 
 
 def replan_without(cfg: TrainConfig, plan: NoisePlan, component: str) -> NoisePlan:
     """The plan after a rule switched ``component`` off once the counts were released: the
-    released count record stays as it ran (fixed) and the other components share the rest
-    of the target in proportion to their fractions (the dropped share goes to them)."""
+    released count record stays as it ran (fixed), the selection keeps its ratio to the
+    rest, and the other components share the remainder in proportion to their fractions
+    (the dropped share goes to them)."""
     fixed = plan.mechanisms_for(counts.COMPONENT)
     needs = [(need, share) for need, share in component_needs(cfg) if need.component != component]
     if not needs:
         raise ConfigError(f"switching {component} off leaves no DP component to spend the budget on.")
+    requests = []
+    rest = 1.0
+    chooser = selection_need(cfg)
+    if chooser is not None:
+        share = cfg.budget.selection / (1.0 - cfg.budget.counts)
+        requests.append(chooser.request(share))
+        rest -= share
     total = sum(share for _, share in needs)
-    return plan_budget(cfg.epsilon, cfg.delta, [need.request(share / total) for need, share in needs], fixed=fixed)
+    return plan_budget(cfg.epsilon, cfg.delta, [*requests, *[need.request(rest * share / total) for need, share in needs]],
+                       fixed=fixed)
 
 
 def plan_run(cfg: TrainConfig) -> NoisePlan | None:

@@ -1,5 +1,5 @@
 """The release pipeline: class counts -> DP generation -> pool networks -> initialisation ->
-DP expert -> matching.
+DP expert -> matching -> DP selection along the matching trajectory.
 
 :func:`distill` turns a private data set into a distilled set under a noise plan, declaring
 every DP mechanism to the run's ledger before it runs. ``train.run`` calls it once; the
@@ -46,6 +46,8 @@ from dpgd.pool_networks import PoolNetworks, train_pool_networks
 from dpgd.privacy import NoisePlan, PrivacyLedger, ReleaseLog, SubsampledGaussian, declare_planned
 from dpgd.privacy.randomness import NoiseSource
 from dpgd.seeding import stage_generator
+from dpgd import selection
+from dpgd.selection import Selection
 from dpgd.tracking import Tracker
 from dpgd.validation import check_counts, check_stage_combinations, is_private
 
@@ -118,6 +120,8 @@ class Release:
     # the matching loop's statistics (seconds depend on the Poisson batch sizes, hence on N).
     pool_cache_hit: bool | None = None
     match_stats: MatchingStats | None = None
+    # The DP selection's released accuracies and choice (None when it did not run).
+    selection: Selection | None = None
 
 
 def run_noise(cfg: TrainConfig) -> NoiseSource:
@@ -235,25 +239,75 @@ def distill(
                                         metrics=metrics, finetune=finetune)
 
     match_stats = None
+    candidates: dict[int, DistilledSet] = {}
     if cfg.matcher.name != "none":
         with timer.stage("match"):
             saved = ctx.load("match")
             if saved is None:
-                distilled, match_stats = run_matching(cfg, dataset, distilled, networks, alignment, plan, ledger,
-                                                      ctx, counts=counts)
-                ctx.save("match", {**distilled.to_payload(), "stats": dataclasses.asdict(match_stats)})
+                start = distilled
+                distilled, match_stats, snapshots = run_matching(cfg, dataset, distilled, networks, alignment, plan,
+                                                                 ledger, ctx, counts=counts)
+                candidates = {0: start, **snapshots, cfg.matcher.iterations: distilled}
+                ctx.save("match", {**distilled.to_payload(), "stats": dataclasses.asdict(match_stats),
+                                   "candidates": candidates_payload(candidates)})
                 ctx.discard("match_state")
+                ctx.discard("match_snapshots")
             else:
                 if cfg.matcher.name == "dp_feature":
                     redeclare_planned(ledger, plan, "matcher")
                 distilled = DistilledSet.from_payload(saved)
                 match_stats = MatchingStats(**saved["stats"])
+                candidates = candidates_from_payload(saved["candidates"], distilled.factor)
         if metrics is not None and match_stats is not None and match_stats.snr_bound is not None:
             # From the noisy releases and counts only: public, like the distilled set.
             metrics["match"] = {"snr_bound": match_stats.snr_bound, "snr": match_stats.snr}
             if match_stats.shrinkage_weight is not None:
                 metrics["match"]["shrinkage_weight"] = match_stats.shrinkage_weight
-    return Release(distilled, counts, None if pool is None else bool(pool.info.get("cache_hit", False)), match_stats)
+    chosen = None
+    if selection.runs(cfg.selection, cfg.matcher):
+        with timer.stage("select"):
+            distilled, chosen = run_selection(cfg, dataset, candidates, plan, ledger, ctx, counts=counts)
+        if metrics is not None:
+            metrics["select"] = chosen.to_dict()
+    return Release(distilled, counts, None if pool is None else bool(pool.info.get("cache_hit", False)), match_stats,
+                   chosen)
+
+
+def candidates_payload(candidates: dict[int, DistilledSet]) -> dict[str, Any]:
+    """The selection's candidates as a checkpoint holds them (iterations, stored images)."""
+    iterations = sorted(candidates)
+    return {"iterations": iterations, "images": [candidates[i].images.detach().cpu() for i in iterations],
+            "labels": candidates[iterations[0]].labels.detach().cpu()}
+
+
+def candidates_from_payload(payload: dict[str, Any], factor: int) -> dict[int, DistilledSet]:
+    return {int(i): DistilledSet(images, payload["labels"], factor=factor)
+            for i, images in zip(payload["iterations"], payload["images"])}
+
+
+def run_selection(cfg: TrainConfig, dataset: ImageDataset, candidates: dict[int, DistilledSet],
+                  plan: NoisePlan | None, ledger: PrivacyLedger, ctx: RunContext, *,
+                  counts: ClassCounts) -> tuple[DistilledSet, Selection]:
+    """The DP selection among the matching trajectory's candidates (declared before it
+    reads the data), or its saved output re-declared."""
+    saved = ctx.load("select")
+    if saved is not None:
+        redeclare_planned(ledger, plan, selection.COMPONENT)
+        return DistilledSet.from_payload(saved), Selection(**saved["selection"])
+    noise_multiplier = None
+    if plan is not None:
+        [noise_multiplier] = declare_planned(ledger, plan, selection.COMPONENT)
+    releases = ReleaseLog(selection.COMPONENT)
+    chosen_set, chosen = selection.select(
+        candidates, dataset, cfg.selection, cfg.model, cfg.evaluation, noise_multiplier=noise_multiplier,
+        counts=counts, seed=ctx.seed, device=ctx.device, noise_generator=ctx.noise.generator("select", "noise"),
+        releases=releases, progress=ctx.progress,
+    )
+    releases.check(planned_records(plan, selection.COMPONENT))
+    for iteration, accuracy in zip(chosen.iterations, chosen.noisy_train_acc):
+        ctx.tracker.log("select", {"noisy_train_acc": accuracy}, step=iteration)
+    ctx.save("select", {**chosen_set.to_payload(), "selection": dataclasses.asdict(chosen)})
+    return chosen_set, chosen
 
 
 def plan_expert(cfg: TrainConfig, dataset: ImageDataset, plan: NoisePlan | None,
@@ -365,7 +419,7 @@ def run_matching(
     ctx: RunContext,
     *,
     counts: ClassCounts,
-) -> tuple[DistilledSet, MatchingStats]:
+) -> tuple[DistilledSet, MatchingStats, dict[int, DistilledSet]]:
     noise_multiplier: float | list[float] | None = None
     if cfg.matcher.name == "dp_feature" and plan is None:
         # epsilon=inf: the same mechanism with sigma 0 (Poisson sampling and clipping kept),
@@ -395,6 +449,17 @@ def run_matching(
         if iteration % log_every == 0 or iteration == cfg.matcher.iterations - 1:
             ctx.tracker.log("match", {key: float(value) for key, value in values.items()}, step=iteration)
 
+    snapshot_at = set()
+    if selection.runs(cfg.selection, cfg.matcher):
+        snapshot_at = set(selection.candidate_iterations(cfg.matcher.iterations, cfg.selection.candidates))
+        snapshot_at -= {0, cfg.matcher.iterations}
+    saved_snapshots = ctx.load("match_snapshots")
+    snapshots = {} if saved_snapshots is None else candidates_from_payload(saved_snapshots, distilled.factor)
+
+    def on_snapshot(done: int, images: torch.Tensor) -> None:
+        snapshots[done] = DistilledSet(images, distilled.labels, factor=distilled.factor)
+        ctx.save("match_snapshots", candidates_payload(snapshots), finished=False)
+
     releases = ReleaseLog("matcher")
     augment = stage_generator(ctx.seed, "match", "augment")
     noise_generator = ctx.noise.generator("match", "noise")
@@ -413,9 +478,9 @@ def run_matching(
         noise_multiplier=noise_multiplier, generator=augment, noise_generator=noise_generator,
         sampling_generator=sampling_generator, counts=counts, releases=releases, checkpoint=checkpoint,
         device=ctx.device, on_iteration=on_iteration, progress=ctx.progress,
-        factor=distilled.factor, extra_loss=alignment,
+        factor=distilled.factor, extra_loss=alignment, snapshot_at=snapshot_at, on_snapshot=on_snapshot,
     )
     releases.check(planned_records(plan, "matcher") if cfg.matcher.name == "dp_feature" else ())
     # Seconds per iteration depend on the Poisson batch sizes (hence on N): not tracked,
     # returned for the private diagnostics only.
-    return DistilledSet(images, distilled.labels, factor=distilled.factor), stats
+    return DistilledSet(images, distilled.labels, factor=distilled.factor), stats, snapshots

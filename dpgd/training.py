@@ -128,21 +128,26 @@ def train_on_pool(
 
 
 @torch.no_grad()
-def test_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
-    """Accuracy in percent (0-100) of ``model`` on int64-labelled ``images``.
+def correct_predictions(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> int:
+    """How many of the int64-labelled ``images`` ``model`` classifies correctly.
 
-    Batches move to the model's device one at a time, so the test set may stay on the CPU.
+    Batches move to the model's device one at a time, so the images may stay on the CPU.
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].to(device)
         target = labels[start : start + batch_size].to(device)
-        correct += int((model(batch).argmax(dim=1) == target).sum().item())
+        correct += (model(batch).argmax(dim=1) == target).sum()
     model.train(was_training)
-    return 100.0 * correct / max(images.shape[0], 1)
+    return int(correct.item())
+
+
+def test_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+    """Accuracy in percent (0-100) of ``model`` on int64-labelled ``images``."""
+    return 100.0 * correct_predictions(model, images, labels, batch_size) / max(images.shape[0], 1)
 
 
 test_accuracy.__test__ = False  # a library function whose name pytest would otherwise collect

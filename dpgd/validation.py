@@ -18,6 +18,7 @@ from dpgd.pool_networks import check_pool_nets_settings, snapshot_count
 from dpgd.matching.release import EMBEDDINGS, privacy_request as matcher_privacy_request
 from dpgd.generators.pe_sources import check_source_settings
 from dpgd.privacy.schedules import relative_pieces
+from dpgd import selection
 
 if TYPE_CHECKING:
     from dpgd.counts import ClassCounts
@@ -89,6 +90,18 @@ def check_config(cfg: TrainConfig) -> None:
             f"budget.counts={counts_share} must lie in (0, 1): a private run releases its class counts "
             "with noise (the default 0.1 of epsilon)."
         )
+    if selection.runs(cfg.selection, cfg.matcher):
+        if cfg.selection.candidates < 2 or cfg.selection.epochs < 1:
+            raise ConfigError(
+                f"selection.candidates={cfg.selection.candidates} and selection.epochs={cfg.selection.epochs} must be "
+                "at least 2 (the start and the end of matching) and 1; or use selection=none."
+            )
+        if is_private(cfg) and not (0.0 < cfg.budget.selection and counts_share + cfg.budget.selection < 1.0):
+            raise ConfigError(
+                f"budget.selection={cfg.budget.selection} must be > 0 and leave a share with budget.counts="
+                f"{counts_share} (their sum below 1): selection=dp_accuracy releases noisy accuracies on the "
+                "private data. Give it a share (default 0.05) or use selection=none."
+            )
     total = sum(fractions.values())
     if is_private(cfg) and abs(total - 1.0) > 1e-6:
         raise ConfigError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Collection, Protocol
 
 import torch
 
@@ -265,6 +265,8 @@ def match(
     counts: ClassCounts | None = None,
     releases: ReleaseLog | None = None,
     checkpoint: LoopCheckpoint | None = None,
+    snapshot_at: Collection[int] = (),
+    on_snapshot: Callable[[int, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, MatchingStats]:
     """Optimise the synthetic ``images`` (normalised, labels ``labels``) by feature matching.
 
@@ -279,8 +281,10 @@ def match(
     multi-formation ``factor`` > 1 the stored images are unpacked (differentiably) before
     embedding. ``extra_loss(images, labels)`` (the expert
     alignment) is added to the matching loss; it must use no private data. ``checkpoint``
-    saves the loop's state periodically and resumes from a saved one. Returns the
-    optimised stored images (detached, on CPU) and statistics.
+    saves the loop's state periodically and resumes from a saved one. After each iteration
+    count in ``snapshot_at`` (iterations done), ``on_snapshot(done, images)`` gets a CPU copy
+    of the stored images (the DP selection's candidates). Returns the optimised stored
+    images (detached, on CPU) and statistics.
     """
     name = matcher_cfg.name
     target: ClassTarget
@@ -373,6 +377,8 @@ def match(
             # Only values computed from DP outputs: never the (private) Poisson batch size.
             on_iteration(iteration, {"loss": loss.detach(), **metrics})
         done = iteration + 1
+        if on_snapshot is not None and done in snapshot_at:
+            on_snapshot(done, syn.detach().cpu().clone())
         if checkpoint is not None and done % checkpoint.every == 0 and done < matcher_cfg.iterations:
             checkpoint.save({
                 "iteration": done,
