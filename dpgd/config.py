@@ -215,9 +215,12 @@ class BudgetConfig:
     counts: float = 0.1
     # Share of the total epsilon for the DP selection of the released set (dpgd.selection),
     # also off the top; unused (and spent elsewhere) when selection=none or no matcher
-    # runs. 0.05: a noise std of ~3 % accuracy on digits' ~1,400 records at epsilon 1
-    # (~1 % on 5,000), below the 5-6 point differences the selection is there to catch.
-    selection: float = 0.05
+    # runs. 0.1 with 2 candidates: count noise std 29 records at epsilon 1 (2 points of
+    # accuracy on digits' ~1,440 train records, 0.6 on cifar10-mini's 5,000; 3.6 records at
+    # epsilon 10), so a 6-point difference is found ~98 % of the time on digits; it raises
+    # the generator's and matcher's noise multipliers by ~2 %. (0.05 gave a std of 69
+    # records with 3 candidates: too coarse for digits.)
+    selection: float = 0.1
 
 
 @dataclass
@@ -320,9 +323,11 @@ class SelectionConfig:
     # dp_accuracy (the DP selection above) | none (release the end of matching). Without
     # a matcher there is one candidate: nothing runs and no budget is spent.
     name: str = "dp_accuracy"
-    # Candidates evenly spaced along matching, the start and the end included (3: start,
-    # half-way, end). Each one adds a network to train and sqrt(candidates) to the noise.
-    candidates: int = 3
+    # Candidates evenly spaced along matching, the start and the end included. Each one
+    # adds a network to train and grows the count noise as sqrt(candidates); 2 (the pool's
+    # k-means start or the matched set) because half-way scored below both on digits at
+    # epsilon 1 (noisy train accuracy 67 vs 89 / 82 %, one run).
+    candidates: int = 2
     # Epochs of the network trained on each candidate (the evaluation's optimiser, DSA and
     # batch size): a third of evaluation=fast, enough to rank sets, not to report them.
     epochs: int = 100
