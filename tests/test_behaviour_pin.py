@@ -8,7 +8,8 @@ networks became one shared family, issue 14: the pool report, k-means embedding 
 start are now pool network 0; when expert.finetune=auto became the default, issue 15: this
 tiny run's predicted noise-to-signal picks head fine-tuning; and when the planner moved from
 opacus PRV to dp-accounting PLD, issue 17: every noise multiplier ~0.5 % lower, the code
-unchanged). A change that alters them
+unchanged; and when the DP selection became the default, issue 15: the pin without it
+stays). A change that alters them
 changes what the method computes: rerun and update the pins only when that is intended.
 """
 
@@ -20,10 +21,34 @@ import dpgd.train as train
 
 PIN = ["logger=none", "reproducible_noise=true", "evaluation.epochs=20", "evaluation.runs=2", "matcher.iterations=20",
        "generator.dp_merf.steps=30", "generator.cache=false", "pool_nets.cache=false", "pool_nets.count=2",
-       "pool_nets.epochs=3", "expert.steps=10", "generator.pool_per_class=40", "expert.reference_per_class=20"]
+       "pool_nets.epochs=3", "expert.steps=10", "generator.pool_per_class=40", "expert.reference_per_class=20",
+       "selection.epochs=20"]
+
+# Each pinned case: the overrides after PIN. "dpgeng_no_selection" is the DP-GenG pin from
+# before the DP selection (issue 15): its code paths, with the selection switched off,
+# still compute exactly what they did.
+CASES = {
+    "dpgeng": ["experiment=dpgeng"],
+    "dpgeng_no_selection": ["experiment=dpgeng", "selection=none"],
+    "ndpdc": ["experiment=ndpdc"],
+}
 
 EXPECTED = {
     "dpgeng": {
+        "acc": [71.66666666666667, 69.72222222222223],
+        "counts": [135, 134, 142, 122, 125, 133, 141, 156, 153, 175],
+        "mechanisms": [("counts", 17.25304890530388, 1.0, 1), ("generator", 4.837945568459692, 1.0, 1),
+                       ("expert", 2.3381838490569247, 0.05, 10), ("matcher", 3.8396161566486016, 0.1, 20),
+                       ("selection", 17.25304890530388, 1.0, 1)],
+        "epsilon": 0.9894349601553809,
+        "stages": {"generate": {"pool_size": 400, "pool_test_acc": 20.555555555555557},
+                   "expert": {"test_acc": 31.11111111111111, "finetune": "head",
+                              "noise_to_signal_all": 12.98139285243236, "noise_to_signal_head": 2.365414752078693},
+                   "match": {"snr_bound": 0.16298110485076905, "snr": 0.14502731561660767},
+                   "select": {"iterations": [0, 20], "noisy_train_acc": [39.65, 67.75], "chosen_iteration": 20,
+                              "count_noise_std": 24.39949575416703}},
+    },
+    "dpgeng_no_selection": {
         "acc": [73.88888888888889, 70.0],
         "counts": [134, 133, 142, 120, 123, 132, 141, 157, 154, 178],
         "mechanisms": [("counts", 18.661212214586484, 1.0, 1), ("generator", 4.697639128970268, 1.0, 1),
@@ -44,10 +69,10 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("experiment", sorted(EXPECTED))
-def test_pinned_tiny_run(experiment, compose, tmp_path, one_torch_thread):
-    results = train.run(compose(*PIN, f"experiment={experiment}"), tmp_path).results
-    expected = EXPECTED[experiment]
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_pinned_tiny_run(case, compose, tmp_path, one_torch_thread):
+    results = train.run(compose(*PIN, *CASES[case]), tmp_path).results
+    expected = EXPECTED[case]
     mechanisms = [(m["component"], m["noise_multiplier"], m["sample_rate"], m["steps"])
                   for m in results["privacy"]["mechanisms"]]
     assert [m[0] for m in mechanisms] == [m[0] for m in expected["mechanisms"]]
@@ -58,4 +83,6 @@ def test_pinned_tiny_run(experiment, compose, tmp_path, one_torch_thread):
     assert results["test_acc_runs"] == pytest.approx(expected["acc"], abs=1e-9)
     assert set(results["stages"]) == set(expected["stages"])
     for stage, values in expected["stages"].items():
-        assert results["stages"][stage] == pytest.approx(values, abs=1e-9)
+        assert set(results["stages"][stage]) == set(values)
+        for key, want in values.items():  # approx compares no lists nested in a dict
+            assert results["stages"][stage][key] == (want if isinstance(want, str) else pytest.approx(want, abs=1e-9))

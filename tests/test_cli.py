@@ -69,7 +69,7 @@ def test_default_run_from_another_folder_writes_the_artifacts(tmp_path):
     # all weights and ~3.4 for the head, so the head is fine-tuned (one expert record)
     assert results["stages"]["expert"]["finetune"] == "head"
     assert sorted(m["component"] for m in results["privacy"]["mechanisms"]) == [
-        "counts", "expert", "generator", "matcher"]
+        "counts", "expert", "generator", "matcher", "selection"]
     assert results["privacy"]["dp"] is True
     assert (run_dir / "release" / "distilled.png").stat().st_size > 0
     assert (run_dir / "release" / "privacy_ledger.json").exists()

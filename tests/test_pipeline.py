@@ -134,7 +134,8 @@ def test_dpgeng_ledger_composes_generator_matcher_and_expert(run_with):
     result = run_with("epsilon=1", "debug=short", "expert.finetune=all")
     privacy = result.results["privacy"]
     assert result.results["method"] == "dpgeng"
-    assert sorted(m["component"] for m in privacy["mechanisms"]) == ["counts", "expert", "generator", "matcher"]
+    assert sorted(m["component"] for m in privacy["mechanisms"]) == ["counts", "expert", "generator", "matcher",
+                                                                     "selection"]
     assert result.results["stages"]["expert"]["finetune"] == "all"
     generator = next(m for m in privacy["mechanisms"] if m["component"] == "generator")
     assert generator["sample_rate"] == 1.0 and generator["steps"] == 1  # DP-MERF: one release
@@ -142,7 +143,7 @@ def test_dpgeng_ledger_composes_generator_matcher_and_expert(run_with):
     stages = result.results["stages"]
     assert stages["generate"]["pool_size"] == 1000
     assert stages["generate"]["pool_test_acc"] > 40  # a DP-MERF pool at epsilon 0.5 or so
-    assert set(result.diagnostics["timings_s"]) >= {"generate", "init", "expert", "match", "eval"}
+    assert set(result.diagnostics["timings_s"]) >= {"generate", "init", "expert", "match", "select", "eval"}
     assert result.test_acc_mean > 40
 
 
@@ -150,14 +151,14 @@ def test_auto_expert_skips_fine_tuning_at_epsilon_1_and_replans_its_share(run_wi
     """Digits at epsilon 1: a DP-SGD step's predicted noise-to-signal is ~40 (all) / ~8 (head),
     above expert.max_noise_to_signal=4, so the expert is pool network 0 and its share goes to
     the generator and the matcher; the released counts keep the noise they were drawn with."""
-    from dpgd.budget import plan_run
+    from dpgd.budget import plan_run, replan_without
     from dpgd.config import compose, typed
 
     # expert.steps=200 (the default; debug=short's 50 put the head's ratio at ~4.2, so the
     # secret count noise flipped the choice to head in ~1 run of 10). Not trained: no cost.
     result = run_with("epsilon=1", "debug=short", "expert.steps=200")
     privacy = result.results["privacy"]
-    assert sorted(m["component"] for m in privacy["mechanisms"]) == ["counts", "generator", "matcher"]
+    assert sorted(m["component"] for m in privacy["mechanisms"]) == ["counts", "generator", "matcher", "selection"]
     assert 0.98 <= privacy["epsilon"] <= 1.0
     expert = result.results["stages"]["expert"]
     assert expert["finetune"] == "none" and expert["noise_to_signal_head"] > 4
@@ -168,6 +169,10 @@ def test_auto_expert_skips_fine_tuning_at_epsilon_1_and_replans_its_share(run_wi
     sigma = {m["component"]: m["noise_multiplier"] for m in privacy["mechanisms"]}
     assert sigma["counts"] == before.multipliers["counts"]
     assert sigma["generator"] < before.multipliers["generator"] and sigma["matcher"] < before.multipliers["matcher"]
+    # The selection keeps its fraction of what the counts left; the expert's share went to the
+    # generator and the matcher only: the run used exactly the re-planned sigma.
+    replanned = replan_without(typed(compose(*FAST, "epsilon=1", "debug=short", "expert.steps=200")), before, "expert")
+    assert sigma["selection"] == pytest.approx(replanned.multipliers["selection"], rel=1e-12)
 
 
 def test_once_matching_with_pool_expert_ledger_and_snr(run_with):
@@ -176,7 +181,7 @@ def test_once_matching_with_pool_expert_ledger_and_snr(run_with):
     result = run_with("epsilon=1", "debug=short", "matcher.release=once", "matcher.embedding=pooled",
                       "expert=pool")
     privacy = result.results["privacy"]
-    assert sorted(m["component"] for m in privacy["mechanisms"]) == ["counts", "generator", "matcher"]
+    assert sorted(m["component"] for m in privacy["mechanisms"]) == ["counts", "generator", "matcher", "selection"]
     [matcher] = [m for m in privacy["mechanisms"] if m["component"] == "matcher"]
     assert matcher["sample_rate"] == 1.0 and matcher["steps"] == 1 * 3  # pool_nets.count x snapshots
     assert 0.98 <= privacy["epsilon"] <= 1.0
