@@ -90,6 +90,28 @@ def test_interrupted_matching_resumes_to_the_uninterrupted_release(compose, tmp_
     assert not (saved / "match_state.pt").exists(), "the mid-matching state (generator states) is deleted"
 
 
+def test_interrupted_matching_keeps_the_selection_candidates_it_had_passed(compose, tmp_path, interrupt_matching_at,
+                                                                          one_torch_thread):
+    """Candidates at iterations 0, 8, 15, 22, 30: the kill at 25 comes after the state of 21,
+    so the resumed loop starts at 21 and the candidates of 8 and 15 must come from disk."""
+    overrides = [*REPRODUCIBLE, "selection.candidates=5"]
+    uninterrupted = train.run(compose(*overrides), tmp_path / "whole")
+    assert uninterrupted.results["stages"]["select"]["iterations"] == [0, 8, 15, 22, 30]
+
+    interrupt_matching_at(25)
+    with pytest.raises(Interrupted):
+        train.run(compose(*overrides), tmp_path / "killed")
+    saved = torch.load(checkpoint_dir(tmp_path / "killed") / "match_snapshots.pt", weights_only=True)
+    assert saved["iterations"] == [8, 15, 22]
+
+    seen = interrupt_matching_at(None)
+    resumed = train.run(compose(*overrides), tmp_path / "killed")
+    assert seen[-1][0] == 21
+    assert resumed.results["stages"]["select"] == uninterrupted.results["stages"]["select"]
+    assert torch.equal(resumed.distilled.images, uninterrupted.distilled.images)
+    assert not (checkpoint_dir(tmp_path / "killed") / "match_snapshots.pt").exists()
+
+
 def test_secret_key_lives_only_in_private_while_the_run_is_unfinished(compose, tmp_path, interrupt_matching_at):
     run_dir = tmp_path / "run"
     interrupt_matching_at(10)
