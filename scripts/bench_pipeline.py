@@ -25,7 +25,7 @@ from pathlib import Path
 from dpgd.results import read_json, read_results
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("plan", "data", "counts", "generate", "pool_nets", "init", "expert", "match", "eval")
+STAGES = ("plan", "data", "counts", "generate", "pool_nets", "init", "expert", "match", "select", "eval")
 
 
 def dpgd_command() -> list[str]:
