@@ -14,8 +14,10 @@ import statistics
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
+from torch import nn
 
 from dpgd.augment import DSA
 from dpgd.config import EvaluationConfig, ModelConfig
@@ -52,6 +54,33 @@ class EvalResult:
         return {"accuracies": list(self.accuracies), "mean": self.mean, "std": self.std, "seconds": self.seconds}
 
 
+def train_fresh_network(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    dataset: ImageDataset,
+    model_cfg: ModelConfig,
+    eval_cfg: EvaluationConfig,
+    *,
+    epochs: int,
+    init_seed: int,
+    generator: torch.Generator,
+    device: torch.device,
+    progress: bool = False,
+    desc: str = "",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> nn.Module:
+    """A network with initial weights from ``init_seed``, trained on (images, labels) under
+    the evaluation protocol (``eval_cfg``'s optimiser and DSA) for ``epochs``: what judges a
+    distilled set, here and in the DP selection (:mod:`dpgd.selection`)."""
+    model = seeded_model(model_cfg, dataset.channels, dataset.num_classes, dataset.image_size, init_seed)
+    return train_classifier(
+        model, images, labels, epochs=epochs, lr=eval_cfg.lr, momentum=eval_cfg.momentum,
+        weight_decay=eval_cfg.weight_decay, batch_size=eval_cfg.batch_size, lr_drop_at_half=eval_cfg.lr_drop_at_half,
+        dsa=DSA(eval_cfg.dsa_strategy) if eval_cfg.dsa else None, generator=generator, device=device,
+        progress=progress, desc=desc, on_epoch=on_epoch,
+    )
+
+
 def evaluate_distilled(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -72,31 +101,13 @@ def evaluate_distilled(
     """
     if eval_cfg.runs < 1:
         raise ConfigError(f"evaluation.runs={eval_cfg.runs} must be at least 1.")
-    dsa = DSA(eval_cfg.dsa_strategy) if eval_cfg.dsa else None
     result = EvalResult()
     started = time.perf_counter()
     for run in range(eval_cfg.runs):
-        model = seeded_model(
-            model_cfg,
-            dataset.channels,
-            dataset.num_classes,
-            dataset.image_size,
-            derive_seed(seed, "evaluation", run, "init"),
-        )
-        train_classifier(
-            model,
-            images,
-            labels,
-            epochs=eval_cfg.epochs,
-            lr=eval_cfg.lr,
-            momentum=eval_cfg.momentum,
-            weight_decay=eval_cfg.weight_decay,
-            batch_size=eval_cfg.batch_size,
-            lr_drop_at_half=eval_cfg.lr_drop_at_half,
-            dsa=dsa,
-            generator=stage_generator(seed, "evaluation", run, "train"),
-            device=device,
-            progress=progress,
+        model = train_fresh_network(
+            images, labels, dataset, model_cfg, eval_cfg, epochs=eval_cfg.epochs,
+            init_seed=derive_seed(seed, "evaluation", run, "init"),
+            generator=stage_generator(seed, "evaluation", run, "train"), device=device, progress=progress,
             desc=f"eval {run + 1}/{eval_cfg.runs}",
             on_epoch=None if curve is None else (
                 lambda epoch, metrics, r=run: curve(epoch, {f"train_loss_model{r}": metrics["loss"]})),

@@ -25,16 +25,15 @@ from typing import Any
 
 import torch
 
-from dpgd.augment import DSA
 from dpgd.config import EvaluationConfig, MatcherConfig, ModelConfig, SelectionConfig
 from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.distilled import DistilledSet
 from dpgd.errors import ConfigError
-from dpgd.models import seeded_model
+from dpgd.evaluation import train_fresh_network
 from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 from dpgd.seeding import derive_seed, stage_generator
-from dpgd.training import correct_predictions, train_classifier
+from dpgd.training import correct_predictions
 
 log = logging.getLogger("dpgd")
 
@@ -116,16 +115,12 @@ def select(
     counts). The noise is drawn once, from ``noise_generator`` (the run's secret stream),
     and added in place: the exact counts do not leave this function."""
     iterations = sorted(candidates)
-    dsa = DSA(eval_cfg.dsa_strategy) if eval_cfg.dsa else None
     correct = torch.zeros(len(iterations), dtype=torch.float64)
     for k, iteration in enumerate(iterations):
         images, labels = candidates[iteration].expanded()
-        model = seeded_model(model_cfg, dataset.channels, dataset.num_classes, dataset.image_size,
-                             derive_seed(seed, "selection", "init"))
-        train_classifier(
-            model, images, labels, epochs=cfg.epochs, lr=eval_cfg.lr, momentum=eval_cfg.momentum,
-            weight_decay=eval_cfg.weight_decay, batch_size=eval_cfg.batch_size,
-            lr_drop_at_half=eval_cfg.lr_drop_at_half, dsa=dsa, generator=stage_generator(seed, "selection", "train"),
+        model = train_fresh_network(
+            images, labels, dataset, model_cfg, eval_cfg, epochs=cfg.epochs,
+            init_seed=derive_seed(seed, "selection", "init"), generator=stage_generator(seed, "selection", "train"),
             device=device, progress=progress, desc=f"select {k + 1}/{len(iterations)}",
         )
         correct[k] = correct_predictions(model, dataset.train_images, dataset.train_labels, eval_cfg.test_batch_size)
