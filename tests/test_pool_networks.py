@@ -80,7 +80,8 @@ def test_a_dpgeng_run_trains_the_pool_networks_once(compose, tmp_path, monkeypat
     overrides = ["debug=tiny", "logger=none", "generator.cache=false", "pool_nets.cache=false", "pool_nets.count=2",
                  "pool_nets.epochs=2", "pool_nets.snapshots=2", "evaluation.runs=1"]
     result = train.run(compose(*overrides), tmp_path)
-    # 2 networks x 2 chunks of 1 epoch, then the one evaluation network (debug=tiny: 10 epochs)
-    assert calls == [1, 1, 1, 1, 10]
+    # 2 networks x 2 chunks of 1 epoch, the DP selection's network per candidate (start and
+    # end; debug=tiny: 3 epochs), then the one evaluation network (debug=tiny: 10 epochs)
+    assert calls == [1, 1, 1, 1, 3, 3, 10]
     assert result.results["stages"]["generate"]["pool_test_acc"] is not None
     assert "pool_nets" in result.diagnostics["timings_s"]
