@@ -197,7 +197,7 @@ class GeneratorConfig:
 class BudgetConfig:
     # dpgeng | ndpdc (the whole budget on matching). Fractions of the total epsilon given
     # to each component; they must sum to 1 (the planner then scales all shares by one
-    # factor so the composed PRV epsilon meets the target; shares of components that are
+    # factor so the composed PLD epsilon meets the target; shares of components that are
     # switched off go to the others in proportion). DP-GenG's split is chosen a priori,
     # not on test accuracy: the pool feeds every later stage (initialisation, extractors,
     # expert pre-training, alignment references), so the generator's single release gets
