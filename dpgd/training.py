@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpgd.allocator import rows_per_chunk
 from dpgd.augment import DSA
 from dpgd.errors import ConfigError
 from dpgd.progress import progress_bar
@@ -83,6 +84,7 @@ def train_classifier(
     labels = labels.detach().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     count = images.shape[0]
+    rows = rows_per_chunk(images[0].numel())
     bar = progress_bar(range(epochs), desc=desc or "train", disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in bar:
         if lr_drop_at_half and epoch == epochs // 2:
@@ -94,9 +96,8 @@ def train_classifier(
             batch = images[index]
             if dsa is not None:
                 batch = dsa(batch, generator)
-            loss = F.cross_entropy(model(batch), labels[index])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = _backward_in_chunks(model, batch, labels[index], rows)
             optimizer.step()
         if progress or on_epoch is not None:
             loss_value = float(loss.item())
@@ -105,6 +106,23 @@ def train_classifier(
                 on_epoch(epoch, {"loss": loss_value})
     model.eval()
     return model
+
+
+def _backward_in_chunks(model: nn.Module, batch: torch.Tensor, labels: torch.Tensor, rows: int) -> torch.Tensor:
+    """Accumulate the gradient of the batch's mean cross-entropy chunk by chunk (chunks of
+    ``rows`` records: :func:`dpgd.allocator.rows_per_chunk`); returns the loss (detached
+    when chunked). The networks have no batch statistics, so this is the whole batch's
+    gradient up to summation order, without its feature maps above the mmap threshold."""
+    if len(batch) <= rows:
+        loss = F.cross_entropy(model(batch), labels)
+        loss.backward()
+        return loss
+    total = batch.new_zeros(())
+    for part, part_labels in zip(batch.split(rows), labels.split(rows)):
+        loss = F.cross_entropy(model(part), part_labels, reduction="sum") / len(batch)
+        loss.backward()
+        total += loss.detach()
+    return total
 
 
 def train_on_pool(
@@ -137,6 +155,8 @@ def correct_predictions(model: nn.Module, images: torch.Tensor, labels: torch.Te
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    # Each record's prediction is its own: chunks below the mmap threshold change nothing.
+    batch_size = min(batch_size, rows_per_chunk(images[0].numel())) if images.shape[0] else batch_size
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].to(device)
         target = labels[start : start + batch_size].to(device)

@@ -182,3 +182,23 @@ def test_once_release_is_planned_as_one_full_batch_gaussian_per_extractor():
     assert (per_iteration.sample_rate, per_iteration.steps) == (0.1, 200)
     with pytest.raises(ConfigError, match="release"):
         privacy_request(MatcherConfig(release="twice"), extractors=9)
+
+
+def test_the_real_batch_is_embedded_in_chunks_with_the_same_values():
+    from dpgd.matching.loop import embed_real
+    from dpgd.models import ConvNet
+
+    torch.manual_seed(0)
+    net = ConvNet(3, 10, (32, 32)).eval()
+    real = torch.randn(70, 3, 32, 32)  # chunks of 32: 32 + 32 + 6
+    calls = []
+
+    def embed(model, x):
+        calls.append(len(x))
+        return model.embed(x)
+
+    with torch.no_grad():
+        chunked = embed_real(embed, net, real)
+        whole = net.embed(real)
+    assert calls == [32, 32, 6]
+    assert torch.allclose(chunked, whole, rtol=1e-4, atol=1e-5)

