@@ -304,8 +304,8 @@ def run_selection(cfg: TrainConfig, dataset: ImageDataset, candidates: dict[int,
         releases=releases, progress=ctx.progress,
     )
     releases.check(planned_records(plan, selection.COMPONENT))
-    for iteration, accuracy in zip(chosen.iterations, chosen.noisy_train_acc):
-        ctx.tracker.log("select", {"noisy_train_acc": accuracy}, step=iteration)
+    for iteration, gain in zip(chosen.iterations, chosen.noisy_gain):
+        ctx.tracker.log("select", {"noisy_gain": gain}, step=iteration)
     ctx.save("select", {**chosen_set.to_payload(), "selection": dataclasses.asdict(chosen)})
     return chosen_set, chosen
 

@@ -5,15 +5,20 @@ the private data, not on any public quantity: on digits (a good pool) matching l
 points at epsilon 1, on cifar10-mini (a weak pool) it gained 6, at the same predicted
 signal-to-noise (README). So the run asks the data, with DP, which point to release.
 
-The mechanism (ledger component ``selection``): candidates S_1..S_K are the matching
-trajectory at evenly spaced iterations (the start and the end included), all DP outputs.
+The mechanism (ledger component ``selection``): candidates S_0..S_{K-1} are the matching
+trajectory at evenly spaced iterations (S_0 the start, the end included), all DP outputs.
 A fresh network f_k is trained on each (public work: the public seed, the same initial
-weights and batch order for every candidate, so they differ only in the set). The vector
-of correct-prediction counts c_k = #{(x, y) in the private train split: f_k(x) = y} is
-released once with Gaussian noise. Adding or removing one record changes every c_k by at
-most 1, so the vector's L2 sensitivity is sqrt(K); the noise std per count is
-sigma * sqrt(K), sigma the planned multiplier (one record, sample rate 1). Keeping the
-argmax, and publishing the noisy counts divided by the released total, is post-processing.
+weights and batch order for every candidate, so they differ only in the set). With
+c_k = #{(x, y) in the private train split: f_k(x) = y}, the vector of gains over the
+start, g_k = c_k - c_0 (k = 1..K-1), is released once with Gaussian noise. One record adds
+a_k - a_0 to each g_k, where a_k in {0, 1} says whether f_k classifies it: every entry moves
+by at most 1, so the L2 sensitivity is sqrt(K-1) and the noise std per gain is
+sigma * sqrt(K-1), sigma the planned multiplier (one record, sample rate 1). Keeping the
+best of {0, g_1, ..., g_{K-1}}, and publishing the noisy gains divided by the released
+total, is post-processing. For the default K = 2 this is one noisy difference with noise
+std sigma: half the noise on the decision of releasing the two counts (std sigma*sqrt(2)
+each, sigma*2 on their difference) at the same budget, because a record that both networks
+classify alike moves nothing.
 """
 
 from __future__ import annotations
@@ -49,13 +54,14 @@ def runs(cfg: SelectionConfig, matcher: MatcherConfig) -> bool:
 
 
 def privacy_request(cfg: SelectionConfig, matcher: MatcherConfig) -> PrivacyNeed | None:
-    """One Gaussian release of the K correct-prediction counts (None when it does not run)."""
+    """One Gaussian release of the K-1 gains over the start (None when it does not run)."""
     if not runs(cfg, matcher):
         return None
+    gains = cfg.candidates - 1
     return PrivacyNeed(
         COMPONENT, 1.0, 1,
-        f"one record changes each of the {cfg.candidates} correct-prediction counts by at most 1: "
-        f"L2 sensitivity sqrt({cfg.candidates}), noise std sigma*sqrt({cfg.candidates}) per count",
+        f"one record changes each of the {gains} gains over the start (correct-prediction count minus "
+        f"the start's) by at most 1: L2 sensitivity sqrt({gains}), noise std sigma*sqrt({gains}) per gain",
     )
 
 
@@ -68,31 +74,36 @@ def candidate_iterations(iterations: int, candidates: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Selection:
-    """What the selection released: noisy train accuracy (percent of the released record
-    count) per candidate, and the chosen one. Public: computed from DP outputs only."""
+    """What the selection released: per candidate, the noisy gain in train accuracy over the
+    start (percentage points of the released record count; 0 for the start itself), and
+    the chosen one. Public: computed from DP outputs only."""
 
     iterations: list[int]
-    noisy_train_acc: list[float]
+    noisy_gain: list[float]
     chosen_iteration: int
-    noise_std: float  # per count (0 in a non-private run)
+    noise_std: float  # per gain, in records (0 in a non-private run)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"iterations": list(self.iterations), "noisy_train_acc": list(self.noisy_train_acc),
-                "chosen_iteration": self.chosen_iteration, "count_noise_std": self.noise_std}
+        return {"iterations": list(self.iterations), "noisy_gain": list(self.noisy_gain),
+                "chosen_iteration": self.chosen_iteration, "gain_noise_std": self.noise_std}
 
 
-def release_counts(correct: torch.Tensor, noise_multiplier: float | None, generator: torch.Generator,
-                   releases: ReleaseLog | None = None) -> float:
-    """The Gaussian release of the K correct-prediction counts, in place: noise std
-    ``noise_multiplier * sqrt(K)`` on each (L2 sensitivity sqrt(K)); returns that std
-    (0 for ``None``, a non-private run, where the counts stay exact)."""
-    if noise_multiplier is None:
-        return 0.0
-    noise_std = float(noise_multiplier) * math.sqrt(correct.numel())
-    correct.add_(torch.randn(correct.shape, generator=generator, dtype=correct.dtype), alpha=noise_std)
-    if releases is not None:
-        releases.record(noise_multiplier)
-    return noise_std
+def release_gains(correct: torch.Tensor, noise_multiplier: float | None, generator: torch.Generator,
+                  releases: ReleaseLog | None = None) -> tuple[torch.Tensor, float]:
+    """The Gaussian release of the gains over the start, ``correct[1:] - correct[0]``: noise
+    std ``noise_multiplier * sqrt(K-1)`` on each (L2 sensitivity sqrt(K-1)). Returns the
+    gains with a leading 0 for the start, and that std (0 for ``None``: a non-private run,
+    where the gains stay exact). ``correct`` is overwritten, so the exact counts do not
+    outlive the call."""
+    gains = correct[1:] - correct[0]
+    correct.zero_()
+    noise_std = 0.0
+    if noise_multiplier is not None:
+        noise_std = float(noise_multiplier) * math.sqrt(gains.numel())
+        gains.add_(torch.randn(gains.shape, generator=generator, dtype=gains.dtype), alpha=noise_std)
+        if releases is not None:
+            releases.record(noise_multiplier)
+    return torch.cat([gains.new_zeros(1), gains]), noise_std
 
 
 def select(
@@ -110,10 +121,11 @@ def select(
     releases: ReleaseLog | None = None,
     progress: bool = True,
 ) -> tuple[DistilledSet, Selection]:
-    """Release the noisy correct-prediction counts of ``candidates`` (matching iteration ->
-    set) and return the best set. ``noise_multiplier`` None: a non-private run (exact
-    counts). The noise is drawn once, from ``noise_generator`` (the run's secret stream),
-    and added in place: the exact counts do not leave this function."""
+    """Release the noisy gains in train-split correct predictions of ``candidates``
+    (matching iteration -> set; the first is the start) over the start, and return the
+    best set. ``noise_multiplier`` None: a non-private run (exact gains). The noise is drawn
+    once, from ``noise_generator`` (the run's secret stream): the exact counts do not leave
+    this function."""
     iterations = sorted(candidates)
     correct = torch.zeros(len(iterations), dtype=torch.float64)
     for k, iteration in enumerate(iterations):
@@ -124,10 +136,10 @@ def select(
             device=device, progress=progress, desc=f"select {k + 1}/{len(iterations)}",
         )
         correct[k] = correct_predictions(model, dataset.train_images, dataset.train_labels, eval_cfg.test_batch_size)
-    noise_std = release_counts(correct, noise_multiplier, noise_generator, releases)
-    noisy_acc = [round(100.0 * float(c) / counts.total, 2) for c in correct]
-    best = int(torch.argmax(correct))
+    gains, noise_std = release_gains(correct, noise_multiplier, noise_generator, releases)
+    noisy_gain = [round(100.0 * float(g) / counts.total, 2) for g in gains]
+    best = int(torch.argmax(gains))  # ties (a non-private run) keep the earliest: the start
     chosen = iterations[best]
-    log.info("selection: noisy train accuracy %s at matching iterations %s (count noise std %.3g) -> iteration %d",
-             noisy_acc, iterations, noise_std, chosen)
-    return candidates[chosen], Selection(iterations, noisy_acc, chosen, noise_std)
+    log.info("selection: noisy train-accuracy gain over the start %s points at matching iterations %s "
+             "(noise std %.3g records) -> iteration %d", noisy_gain, iterations, noise_std, chosen)
+    return candidates[chosen], Selection(iterations, noisy_gain, chosen, noise_std)

@@ -9,7 +9,8 @@ start are now pool network 0; when expert.finetune=auto became the default, issu
 tiny run's predicted noise-to-signal picks head fine-tuning; and when the planner moved from
 opacus PRV to dp-accounting PLD, issue 17: every noise multiplier ~0.5 % lower, the code
 unchanged; and when the DP selection became the default, issue 15: the pin without it
-stays). A change that alters them
+stays; its select record re-pinned when the selection released the gain over the start
+instead of both counts: same choice, same accuracies). A change that alters them
 changes what the method computes: rerun and update the pins only when that is intended.
 """
 
@@ -45,8 +46,8 @@ EXPECTED = {
                    "expert": {"test_acc": 31.11111111111111, "finetune": "head",
                               "noise_to_signal_all": 12.98139285243236, "noise_to_signal_head": 2.365414752078693},
                    "match": {"snr_bound": 0.16298110485076905, "snr": 0.14502731561660767},
-                   "select": {"iterations": [0, 20], "noisy_train_acc": [39.65, 67.75], "chosen_iteration": 20,
-                              "count_noise_std": 24.39949575416703}},
+                   "select": {"iterations": [0, 20], "noisy_gain": [0.0, 26.78], "chosen_iteration": 20,
+                              "gain_noise_std": 17.25304890530388}},
     },
     "dpgeng_no_selection": {
         "acc": [73.88888888888889, 70.0],

@@ -13,6 +13,7 @@ from dpgd.config import EvaluationConfig, ModelConfig, SelectionConfig
 from dpgd.counts import release_class_counts
 from dpgd.distilled import DistilledSet
 from dpgd.errors import ConfigError
+from dpgd.evaluation import train_fresh_network
 from dpgd.privacy import ReleaseLog
 
 TINY = ["logger=none", "debug=tiny"]
@@ -35,21 +36,42 @@ def test_candidates_are_evenly_spaced_from_the_start_to_the_end():
         selection.candidate_iterations(200, 1)
 
 
-def test_count_release_adds_noise_of_std_sigma_sqrt_k_once():
+def test_gain_release_adds_noise_of_std_sigma_sqrt_k_minus_1_once_to_the_differences():
     generator = torch.Generator().manual_seed(0)
     draws = []
     for _ in range(4000):
-        correct = torch.tensor([100.0, 200.0, 300.0], dtype=torch.float64)
+        correct = torch.tensor([100.0, 200.0, 350.0], dtype=torch.float64)
         releases = ReleaseLog(selection.COMPONENT)
-        std = selection.release_counts(correct, 5.0, generator, releases)
+        gains, std = selection.release_gains(correct, 5.0, generator, releases)
         assert releases.sigmas == [5.0]
-        draws.append(correct)
+        assert correct.tolist() == [0.0, 0.0, 0.0]  # the exact counts are wiped
+        assert gains[0] == 0.0  # the start's own gain: exact by definition, no noise
+        draws.append(gains[1:])
     draws = torch.stack(draws)
-    assert std == pytest.approx(5.0 * math.sqrt(3))
-    assert torch.allclose(draws.mean(0), torch.tensor([100.0, 200.0, 300.0], dtype=torch.float64), atol=0.6)
-    assert torch.allclose(draws.std(0), torch.full((3,), 5.0 * math.sqrt(3), dtype=torch.float64), rtol=0.05)
-    exact = torch.tensor([1.0, 2.0], dtype=torch.float64)
-    assert selection.release_counts(exact, None, generator) == 0.0 and exact.tolist() == [1.0, 2.0]
+    assert std == pytest.approx(5.0 * math.sqrt(2))
+    assert torch.allclose(draws.mean(0), torch.tensor([100.0, 250.0], dtype=torch.float64), atol=0.6)
+    assert torch.allclose(draws.std(0), torch.full((2,), 5.0 * math.sqrt(2), dtype=torch.float64), rtol=0.05)
+    # Two candidates (the default): one difference with noise std sigma, not 2 sigma.
+    _, two = selection.release_gains(torch.tensor([1.0, 2.0], dtype=torch.float64), 5.0, generator)
+    assert two == pytest.approx(5.0)
+    exact, none = selection.release_gains(torch.tensor([7.0, 2.0], dtype=torch.float64), None, generator)
+    assert none == 0.0 and exact.tolist() == [0.0, -5.0]
+
+
+def test_one_record_moves_each_gain_by_at_most_one(digits, one_torch_thread):
+    """The sensitivity the noise is scaled to: removing any one record from the private
+    split changes every gain over the start by -1, 0 or +1 (real networks, all records)."""
+    good, wrong = _sets(digits)
+    networks = [train_fresh_network(*s.expanded(), digits, ModelConfig(), EvaluationConfig(), epochs=5,
+                                              init_seed=0, generator=torch.Generator().manual_seed(0),
+                                              device=torch.device("cpu")) for s in (wrong, good)]
+    with torch.no_grad():
+        hits = torch.stack([(net(digits.train_images).argmax(1) == digits.train_labels).double() for net in networks])
+    whole = hits.sum(1)[1:] - hits.sum(1)[0]
+    without_each = (hits.sum(1, keepdim=True) - hits)  # column i: the counts without record i
+    moves = (without_each[1:] - without_each[0]) - whole[:, None]
+    assert moves.abs().max() == 1.0 and set(moves.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    assert (moves == 0).any()  # records both networks classify alike move nothing
 
 
 def _sets(digits):
@@ -71,10 +93,10 @@ def test_selection_keeps_the_candidate_that_classifies_the_train_split(digits, o
         noise_generator=torch.Generator().manual_seed(1), releases=releases, progress=False,
     )
     assert chosen.iterations == [0, 7] and chosen.chosen_iteration == 7 and chosen_set is good
-    wrong_acc, good_acc = chosen.noisy_train_acc
-    assert good_acc > 70 and wrong_acc < 20  # count noise std 2.8 of ~1,400 records: 0.2 points
+    start_gain, good_gain = chosen.noisy_gain
+    assert start_gain == 0.0 and good_gain > 50  # gain noise std 2 of ~1,400 records: 0.14 points
     assert releases.sigmas == ([] if noise_multiplier is None else [noise_multiplier])
-    assert chosen.noise_std == (0.0 if noise_multiplier is None else pytest.approx(2.0 * math.sqrt(2)))
+    assert chosen.noise_std == (0.0 if noise_multiplier is None else pytest.approx(2.0))
 
 
 def test_private_run_declares_one_selection_release_and_publishes_its_choice(run_cfg):
@@ -85,7 +107,8 @@ def test_private_run_declares_one_selection_release_and_publishes_its_choice(run
     published = result.results["stages"]["select"]
     assert published["iterations"] == [0, 10]  # debug=tiny: 10 matching iterations
     assert published["chosen_iteration"] in published["iterations"]
-    assert published["count_noise_std"] == pytest.approx(record["noise_multiplier"] * math.sqrt(2))
+    assert published["gain_noise_std"] == pytest.approx(record["noise_multiplier"])  # one gain: sensitivity 1
+    assert published["noisy_gain"][0] == 0.0 and len(published["noisy_gain"]) == 2
     assert record["noise_multiplier"] > 5  # a small share of epsilon 1
     privacy = result.results["privacy"]
     assert privacy["epsilon"] <= result.results["epsilon_target"] + 1e-9
