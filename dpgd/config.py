@@ -317,14 +317,15 @@ class SelectionConfig:
     5.6 points on digits and gained 6 on cifar10-mini at the same predicted signal-to-noise;
     README), so the run asks the data, with DP: a fresh network is trained on each
     candidate (public work), its correct predictions on the private train split are
-    counted, the counts are released with Gaussian noise and the best candidate is kept.
+    counted, the gains over the start are released with Gaussian noise and the best
+    candidate is kept.
     """
 
     # dp_accuracy (the DP selection above) | none (release the end of matching). Without
     # a matcher there is one candidate: nothing runs and no budget is spent.
     name: str = "dp_accuracy"
     # Candidates evenly spaced along matching, the start and the end included. Each one
-    # adds a network to train and grows the count noise as sqrt(candidates); 2 (the pool's
+    # adds a network to train and grows the gain noise as sqrt(candidates - 1); 2 (the pool's
     # k-means start or the matched set) because half-way scored below both on digits at
     # epsilon 1 (noisy train accuracy 67 vs 89 / 82 %, one run).
     candidates: int = 2
@@ -332,7 +333,7 @@ class SelectionConfig:
     # batch size): enough to rank sets, not to report them. 50 (was 100) kept the sign of
     # every start-vs-end margin above 1 point on the 12 candidate pairs of the selection's
     # measurement runs (cifar10-mini: 5.5-8.6 points at 50 epochs, 5.3-9.4 at 100; the count
-    # noise is 0.6 at epsilon 1) at half the stage's cost (README "DP selection").
+    # noise was 0.6 at epsilon 1) at half the stage's cost (README "DP selection").
     epochs: int = 50
 
 
