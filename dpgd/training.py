@@ -84,7 +84,10 @@ def train_classifier(
     labels = labels.detach().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     count = images.shape[0]
-    rows = rows_per_chunk(images[0].numel())
+    # Chunking a step is exact only without batch statistics (dpgd's networks use group or
+    # instance norm); a network with BatchNorm trains on whole batches.
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    rows = batch_size if batch_norm else rows_per_chunk(images[0].numel())
     bar = progress_bar(range(epochs), desc=desc or "train", disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in bar:
         if lr_drop_at_half and epoch == epochs // 2:

@@ -39,3 +39,25 @@ def test_chunked_predictions_count_the_same():
     labels[::3] = (labels[::3] + 1) % 10  # a third wrong: the count is 200, not 0 or 300
     assert correct_predictions(net, images, labels, batch_size=2048) == 200
 
+
+
+def test_a_batchnorm_network_trains_on_whole_batches(monkeypatch):
+    import dpgd.training as training
+
+    seen = []
+    original = training._backward_in_chunks
+
+    def spy(model, batch, labels, rows):
+        seen.append((len(batch), rows))
+        return original(model, batch, labels, rows)
+
+    monkeypatch.setattr(training, "_backward_in_chunks", spy)
+    images = torch.randn(64, 3, 32, 32)
+    labels = torch.randint(10, (64,))
+    common = dict(epochs=1, lr=0.01, momentum=0.9, weight_decay=0.0, batch_size=64, lr_drop_at_half=False, dsa=None,
+                  generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    training.train_classifier(_net(3), images, labels, **common)
+    bn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                             torch.nn.Linear(4 * 30 * 30, 10))
+    training.train_classifier(bn, images, labels, **common)
+    assert seen == [(64, 32), (64, 64)]  # the ConvNet in chunks of 32, the BatchNorm net whole
