@@ -45,7 +45,9 @@ CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
 KEY_FILE = "noise.key"
 _FORMAT = "dpgd.run_state"
-_VERSION = 1
+# 2: the selection's saved record holds gains over the start (noisy_gain), not counts; a
+# folder written before cannot be resumed by this code.
+_VERSION = 2
 # Config keys a rerun may change: they do not touch what is released (tracking; the attack,
 # which is evaluation and runs after the release; how often state is saved).
 RESUME_FREE_KEYS = ("logger", "mia", "resume", "checkpoint_every", "cpu_allocator", "device")
