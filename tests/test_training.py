@@ -40,7 +40,6 @@ def test_chunked_predictions_count_the_same():
     assert correct_predictions(net, images, labels, batch_size=2048) == 200
 
 
-
 def test_a_batchnorm_network_trains_on_whole_batches(monkeypatch):
     import dpgd.training as training
 
