@@ -215,10 +215,11 @@ class BudgetConfig:
     counts: float = 0.1
     # Share of the total epsilon for the DP selection of the released set (dpgd.selection),
     # also off the top; unused (and spent elsewhere) when selection=none or no matcher
-    # runs. 0.1 with 2 candidates: count noise std 29 records at epsilon 1 (2 points of
-    # accuracy on digits' ~1,440 train records, 0.6 on cifar10-mini's 5,000; 3.6 records at
-    # epsilon 10), so a 6-point difference is found ~98 % of the time on digits; it raises
-    # the generator's and matcher's noise multipliers by ~2 %. (0.05 gave a std of 69
+    # runs. 0.1 with 2 candidates: the released gain of the end over the start has noise
+    # std ~20 records at epsilon 1 (1.4 points of accuracy on digits' ~1,440 train records,
+    # 0.4 on cifar10-mini's 5,000; ~2.4 records at epsilon 10), so a 3-point difference is
+    # found ~98 % of the time on digits; it raises the generator's and matcher's noise
+    # multipliers by ~2 %. (With the earlier release of every count, 0.05 gave a std of 69
     # records with 3 candidates: too coarse for digits.)
     selection: float = 0.1
 
