@@ -57,7 +57,8 @@ def privacy_request(cfg: SelectionConfig, matcher: MatcherConfig) -> PrivacyNeed
     """One Gaussian release of the K-1 gains over the start (None when it does not run)."""
     if not runs(cfg, matcher):
         return None
-    gains = cfg.candidates - 1
+    # the deduplicated trajectory points: a short matching run can have fewer than asked
+    gains = len(candidate_iterations(matcher.iterations, cfg.candidates)) - 1
     return PrivacyNeed(
         COMPONENT, 1.0, 1,
         f"one record changes each of the {gains} gains over the start (correct-prediction count minus "

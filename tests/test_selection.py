@@ -9,7 +9,7 @@ import torch
 
 import dpgd.train as train
 from dpgd import selection
-from dpgd.config import EvaluationConfig, ModelConfig, SelectionConfig
+from dpgd.config import EvaluationConfig, MatcherConfig, ModelConfig, SelectionConfig
 from dpgd.counts import release_class_counts
 from dpgd.distilled import DistilledSet
 from dpgd.errors import ConfigError
@@ -34,6 +34,12 @@ def test_candidates_are_evenly_spaced_from_the_start_to_the_end():
     assert selection.candidate_iterations(3, 8) == [0, 1, 2, 3]  # more candidates than iterations
     with pytest.raises(ConfigError, match="at least 2"):
         selection.candidate_iterations(200, 1)
+
+
+def test_declared_sensitivity_counts_the_deduplicated_candidates():
+    short = selection.privacy_request(SelectionConfig(candidates=8), MatcherConfig(iterations=3))
+    assert "sqrt(3)" in short.sensitivity and "sqrt(7)" not in short.sensitivity
+    assert "sqrt(1)" in selection.privacy_request(SelectionConfig(), MatcherConfig()).sensitivity
 
 
 def test_gain_release_adds_noise_of_std_sigma_sqrt_k_minus_1_once_to_the_differences():
