@@ -9,11 +9,12 @@ total with the numerical accountant. A plan that cannot meet the target raises
 
 from __future__ import annotations
 
+import dataclasses
 import math
-
 
 from dpgd import counts, selection
 from dpgd.config import TrainConfig
+from dpgd.counts import ClassCounts
 from dpgd.errors import ConfigError
 from dpgd.expert import privacy_request as expert_privacy_request
 from dpgd.generators import privacy_request as generator_privacy_request
@@ -65,11 +66,33 @@ def component_requests(cfg: TrainConfig) -> list[ComponentRequest]:
     return [*requests, *[need.request(rest * share / total) for need, share in needs]]
 
 
-def replan_without(cfg: TrainConfig, plan: NoisePlan, component: str) -> NoisePlan:
-    """The plan after a rule switched ``component`` off once the counts were released: the
-    released count record stays as it ran (fixed), the selection keeps its ratio to the
-    rest, and the other components share the remainder in proportion to their fractions
-    (the dropped share goes to them)."""
+def sample_rates_for(cfg: TrainConfig, released: ClassCounts) -> TrainConfig:
+    """``cfg`` with the Poisson rates the run uses, read from the released (noisy) counts.
+
+    At a fixed epsilon the noise multiplier of a subsampled Gaussian grows about in
+    proportion to q, so a step's signal-to-noise (expected batch over noise) hardly depends
+    on q while its cost grows with it (docs/performance.md: the planner's numbers). The
+    matcher's rate is therefore capped so a class contributes ``matcher.group_size`` records
+    per iteration on average (NDPDC's group size L), and the expert's so a DP-SGD step
+    sees ``expert.batch_size`` records: q = min(sample_rate, L K / N) and min(sample_rate,
+    B / N), with N the released total (public). Small data sets keep ``sample_rate``.
+    """
+    matcher, expert = cfg.matcher, cfg.expert
+    total = max(released.total, 1.0)
+    if matcher.name == "dp_feature" and matcher.release == "per_iteration" and matcher.group_size is not None:
+        per_class = total / len(released.values)
+        matcher = dataclasses.replace(matcher, sample_rate=min(matcher.sample_rate, matcher.group_size / per_class))
+    if expert.name == "dp_sgd" and expert.batch_size is not None:
+        expert = dataclasses.replace(expert, sample_rate=min(expert.sample_rate, expert.batch_size / total))
+    return dataclasses.replace(cfg, matcher=matcher, expert=expert)
+
+
+def replan_without(cfg: TrainConfig, plan: NoisePlan, component: str | None) -> NoisePlan:
+    """The plan after the count release changed what runs: a rule switched ``component``
+    off (None: nothing dropped, e.g. only the sample rates changed). The released count
+    record stays as it ran (fixed), the selection keeps its ratio to the rest, and the other
+    components share the remainder in proportion to their fractions (a dropped share goes
+    to them)."""
     fixed = plan.mechanisms_for(counts.COMPONENT)
     needs = [(need, share) for need, share in component_needs(cfg) if need.component != component]
     if not needs:

@@ -31,7 +31,7 @@ from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.distilled import DistilledSet
 from dpgd.errors import ConfigError
-from dpgd.budget import replan_without
+from dpgd.budget import replan_without, sample_rates_for
 from dpgd.expert import (
     Expert, ExpertAlignment, FinetuneChoice, choose_finetuning, pool_accuracy, pool_expert, train_expert,
 )
@@ -188,6 +188,7 @@ def distill(
         else:
             counts = ClassCounts.from_payload(saved)
             redeclare_planned(ledger, plan, class_counts.COMPONENT)
+    cfg, plan = rates_from_counts(cfg, plan, counts)
     finetune = None
     if cfg.expert.name == "dp_sgd":
         plan, finetune = plan_expert(cfg, dataset, plan, counts)
@@ -308,6 +309,23 @@ def run_selection(cfg: TrainConfig, dataset: ImageDataset, candidates: dict[int,
         ctx.tracker.log("select", {"noisy_gain": gain}, step=iteration)
     ctx.save("select", {**chosen_set.to_payload(), "selection": dataclasses.asdict(chosen)})
     return chosen_set, chosen
+
+
+def rates_from_counts(cfg: TrainConfig, plan: NoisePlan | None,
+                      counts: ClassCounts) -> tuple[TrainConfig, NoisePlan | None]:
+    """The run's config with the Poisson rates read from the released counts
+    (:func:`dpgd.budget.sample_rates_for`), and its plan re-calibrated for them when they
+    changed (the count record stays as it ran)."""
+    rated = sample_rates_for(cfg, counts)
+    changed = {name: getattr(rated, name).sample_rate for name in ("matcher", "expert")
+               if getattr(rated, name).sample_rate != getattr(cfg, name).sample_rate}
+    if not changed:
+        return cfg, plan
+    log.info("sample rates from the released counts: %s",
+             ", ".join(f"{name} q={rate:.4g}" for name, rate in changed.items()))
+    if plan is not None:
+        plan = replan_without(rated, plan, None)
+    return rated, plan
 
 
 def plan_expert(cfg: TrainConfig, dataset: ImageDataset, plan: NoisePlan | None,

@@ -231,3 +231,36 @@ def test_epsilon_inf_runs_the_same_pipeline_without_noise(tmp_path, compose, mon
     assert result.diagnostics["match"]["iterations"] == len(sigmas)
     assert "match" not in result.results["stages"]  # no noise: no signal-to-noise (and no Infinity)
     assert result.results["stages"]["expert"]["finetune"] == "all"  # sigma 0: nothing to fear
+
+
+def test_sample_rates_cap_the_expected_batch_read_from_the_released_counts(compose):
+    """At 4,000 records a class the matcher samples group_size records a class per iteration
+    and the expert batch_size per step; a small data set keeps the configured rates."""
+    import torch
+
+    from dpgd.budget import plan_run, replan_without, sample_rates_for
+    from dpgd.config import typed
+    from dpgd.counts import ClassCounts
+
+    cfg = typed(compose("epsilon=1"))
+    large = ClassCounts(torch.full((10,), 4000.0), noisy=True, noise_std=18.0)
+    rated = sample_rates_for(cfg, large)
+    assert rated.matcher.sample_rate == pytest.approx(cfg.matcher.group_size * 10 / 40000)
+    assert rated.expert.sample_rate == pytest.approx(cfg.expert.batch_size / 40000)
+    assert sample_rates_for(cfg, ClassCounts(torch.full((10,), 144.0), noisy=True, noise_std=18.0)) == cfg
+    unset = typed(compose("epsilon=1", "matcher.group_size=null", "expert.batch_size=null"))
+    assert sample_rates_for(unset, large) == unset
+    # Re-planned for the smaller rates: the same epsilon with less noise per release.
+    before = plan_run(cfg)
+    after = replan_without(rated, before, None)
+    assert after.multipliers["counts"] == before.multipliers["counts"]
+    assert after.multipliers["matcher"] < before.multipliers["matcher"] / 3
+    assert after.epsilon == pytest.approx(before.epsilon, rel=0.02) and after.epsilon <= 1.0
+
+
+def test_the_ledger_records_the_matcher_rate_derived_from_the_released_counts(run_with):
+    result = run_with("experiment=ndpdc", "epsilon=1", "matcher.iterations=100", "matcher.group_size=5")
+    [matcher] = [m for m in result.results["privacy"]["mechanisms"] if m["component"] == "matcher"]
+    released_total = result.results["class_counts"]["total"]  # rounded: hence the tolerance
+    assert matcher["sample_rate"] == pytest.approx(5 * 10 / released_total, rel=1e-3)
+    assert 0.98 <= result.results["privacy"]["epsilon"] <= 1.0

@@ -258,6 +258,31 @@ class DmTarget:
         return class_means(embeddings, labels, self.num_classes), {}
 
 
+def matching_loss(syn_emb: torch.Tensor, labels: torch.Tensor, class_target: torch.Tensor, num_classes: int,
+                  clip_norm: float | None) -> torch.Tensor:
+    """Squared distance between the synthetic class means and the class targets, in units
+    where one step size means the same for every matcher, clip norm and IPC.
+
+    Clipping (``dp_feature``) puts both sides on the ball of radius C while the extractor's
+    own features have norm rho (~10-30 for a random ConvNet): it divides the residual AND
+    the Jacobian of each synthetic embedding by rho / C, so the image gradient of a loss on
+    clipped means is (C / rho)^2 of the same loss on raw features (DM's): ~1/600 on CIFAR,
+    and the images do not move. The clipped loss is therefore multiplied by (rho / C)^2,
+    rho the mean norm of the synthetic embeddings (public: synthetic images through a
+    public or pool-trained network; detached). Its gradient on each embedding is then the
+    raw-feature gradient without its radial part.
+
+    Each image's gradient is (1/n) of its class mean's under a mean loss (n images per
+    class), so the loss is also multiplied by n: an image moves as fast at IPC 50 as at 1.
+    """
+    images_per_class = labels.numel() / num_classes
+    if clip_norm is None:
+        return images_per_class * ((class_means(syn_emb, labels, num_classes) - class_target) ** 2).sum()
+    scale = (syn_emb.detach().norm(dim=1).mean() / clip_norm) ** 2
+    clipped = clip_rows(syn_emb, clip_norm)
+    return images_per_class * scale * ((class_means(clipped, labels, num_classes) - class_target) ** 2).sum()
+
+
 def match(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -368,10 +393,7 @@ def match(
 
         syn_full, syn_full_labels = expand_multi_formation(syn, syn_labels, factor)
         syn_in = dsa.apply(syn_full, params) if params is not None else syn_full
-        syn_emb = embed(net, syn_in)
-        if clip_norm is not None:
-            syn_emb = clip_rows(syn_emb, clip_norm)
-        loss = ((class_means(syn_emb, syn_full_labels, num_classes) - class_target) ** 2).sum()
+        loss = matching_loss(embed(net, syn_in), syn_full_labels, class_target, num_classes, clip_norm)
         # Losses stay 0-dim device tensors: converting them here would make every iteration
         # wait for the device (a host sync); the consumer converts the ones it logs.
         if "snr" in target_metrics:
