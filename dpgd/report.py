@@ -95,6 +95,8 @@ _SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS: dict[str, list[str]] = {
     "digits": ["dataset=digits"],
     "cifar10-mini": ["dataset=cifar10_mini", f"dataset.root={_SHARED / 'cifar10-mini'}"],
+    # The users' scale (4,000 records a class; the mini's test split): benchmarks only.
+    "cifar10-40k": ["dataset=imagefolder", f"dataset.root={_SHARED / 'cifar10-40k'}"],
 }
 
 
