@@ -284,8 +284,10 @@ class ExpertAlignment:
         self.targets = torch.stack(targets)  # (K, K): expert's mean soft prediction per class
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed over the images, like the matching loss (dpgd.matching.loop.matching_loss)
+        is per image: the weights mean the same step for every IPC."""
         logits = self.expert(images)
         log_q = F.log_softmax(logits / self.temperature, dim=1)
         target = self.targets[labels]
-        kl = (target * (target.clamp_min(1e-12).log() - log_q)).sum(1).mean() * self.temperature**2
-        return self.align_weight * kl + self.ce_weight * F.cross_entropy(logits, labels)
+        kl = (target * (target.clamp_min(1e-12).log() - log_q)).sum(1).sum() * self.temperature**2
+        return self.align_weight * kl + self.ce_weight * F.cross_entropy(logits, labels, reduction="sum")
