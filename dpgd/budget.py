@@ -21,6 +21,7 @@ from dpgd.generators import privacy_request as generator_privacy_request
 from dpgd.matching import privacy_request as matcher_privacy_request
 from dpgd.pool_networks import snapshot_count
 from dpgd.privacy import ComponentRequest, NoisePlan, PrivacyNeed, plan_budget
+from dpgd.privacy.analysis import rdp_epsilon, rdp_sigma
 
 # How to switch off a component that has a need but no share of the budget.
 SWITCH_OFF = {"generator": "generator=none", "expert": "expert=none", "matcher": "matcher=none"}
@@ -66,7 +67,7 @@ def component_requests(cfg: TrainConfig) -> list[ComponentRequest]:
     return [*requests, *[need.request(rest * share / total) for need, share in needs]]
 
 
-def sample_rates_for(cfg: TrainConfig, released: ClassCounts) -> TrainConfig:
+def sample_rates_for(cfg: TrainConfig, released: ClassCounts, plan: NoisePlan | None = None) -> TrainConfig:
     """``cfg`` with the Poisson rates the run uses, read from the released (noisy) counts.
 
     At a fixed epsilon the noise multiplier of a subsampled Gaussian grows about in
@@ -76,6 +77,8 @@ def sample_rates_for(cfg: TrainConfig, released: ClassCounts) -> TrainConfig:
     per iteration on average (NDPDC's group size L), and the expert's so a DP-SGD step
     sees ``expert.batch_size`` records: q = min(sample_rate, L K / N) and min(sample_rate,
     B / N), with N the released total (public). Small data sets keep ``sample_rate``.
+    ``matcher.iterations=null`` is then resolved for that rate (:func:`with_iterations`,
+    reading the matcher's epsilon in ``plan``).
     """
     matcher, expert = cfg.matcher, cfg.expert
     total = max(released.total, 1.0)
@@ -84,7 +87,7 @@ def sample_rates_for(cfg: TrainConfig, released: ClassCounts) -> TrainConfig:
         matcher = dataclasses.replace(matcher, sample_rate=min(matcher.sample_rate, matcher.group_size / per_class))
     if expert.name == "dp_sgd" and expert.batch_size is not None:
         expert = dataclasses.replace(expert, sample_rate=min(expert.sample_rate, expert.batch_size / total))
-    return dataclasses.replace(cfg, matcher=matcher, expert=expert)
+    return with_iterations(dataclasses.replace(cfg, matcher=matcher, expert=expert), plan)
 
 
 def replan_without(cfg: TrainConfig, plan: NoisePlan, component: str | None) -> NoisePlan:
@@ -110,11 +113,52 @@ def replan_without(cfg: TrainConfig, plan: NoisePlan, component: str | None) -> 
 
 
 def plan_run(cfg: TrainConfig) -> NoisePlan | None:
-    """The run's noise plan; ``None`` for a non-private run (``epsilon=inf``) or one that
-    runs no DP mechanism at all."""
+    """The run's noise plan before any data is read; ``None`` for a non-private run
+    (``epsilon=inf``) or one that runs no DP mechanism at all. With
+    ``matcher.iterations=null`` it plans ``matcher.min_iterations`` (the rule resolves
+    the count after the count release, :func:`with_iterations`, and the run re-plans)."""
     if not math.isfinite(cfg.epsilon):
         return None
     requests = component_requests(cfg)
     if not requests:
         return None
     return plan_budget(cfg.epsilon, cfg.delta, requests)
+
+
+def with_iterations(cfg: TrainConfig, plan: NoisePlan | None) -> TrainConfig:
+    """``cfg`` with ``matcher.iterations`` resolved; ``null`` asks the information rule.
+
+    Summed over a run, the squared signal-to-noise of the matcher's releases is
+    T (L / (sigma_T C sqrt(d)))^2: how much the releases can tell about the class means.
+    At a fixed epsilon sigma_T grows with T, about as sqrt(T) where sigma is large (more
+    iterations then add no information, only smaller, noisier steps) and more slowly
+    where it is small (subsampling amplifies less). The rule doubles T from
+    ``min_iterations`` while doubling adds more than ``information_gain`` to that sum,
+    ``2 sigma_T^2 / sigma_2T^2 - 1``, up to ``max_iterations``; a non-private run or a
+    matcher without per-iteration releases takes ``max_iterations``. Public inputs only:
+    the matcher's epsilon in ``plan`` (its records, RDP), its sample rate and delta.
+    """
+    matcher = cfg.matcher
+    if matcher.iterations is not None:
+        return cfg
+    if matcher.name == "none":
+        chosen = 0
+    elif (matcher.name != "dp_feature" or matcher.release != "per_iteration" or plan is None
+          or "matcher" not in plan.multipliers):
+        chosen = matcher.max_iterations
+    else:
+        epsilon = rdp_epsilon(plan.mechanisms_for("matcher"), plan.delta)
+        chosen = information_rule(epsilon, plan.delta, matcher.sample_rate, matcher.min_iterations,
+                                  matcher.max_iterations, matcher.information_gain)
+    return dataclasses.replace(cfg, matcher=dataclasses.replace(matcher, iterations=chosen))
+
+
+def information_rule(epsilon: float, delta: float, sample_rate: float, first: int, most: int, gain: float) -> int:
+    """:func:`with_iterations`'s rule for a subsampled Gaussian spending ``epsilon``."""
+    steps, current = first, rdp_sigma(epsilon, delta, sample_rate, first)
+    while 2 * steps <= most:
+        doubled = rdp_sigma(epsilon, delta, sample_rate, 2 * steps)
+        if 2 * current**2 / doubled**2 - 1 <= gain:
+            break
+        steps, current = 2 * steps, doubled
+    return steps

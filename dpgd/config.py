@@ -271,7 +271,14 @@ class MatcherConfig:
     # sample_rate, clip each real embedding to clip_norm, sum per class and add
     # N(0, (sigma*C)^2) once) | dm (no clipping, no noise: epsilon=inf only) | none
     name: str = "dp_feature"
-    iterations: int = 200
+    # Matching iterations; null: chosen after the count release by the information rule
+    # (dpgd.budget.with_iterations): from min_iterations, doubled while doubling adds more
+    # than information_gain to the run's summed squared signal-to-noise, up to
+    # max_iterations (non-private and dm runs take max_iterations).
+    iterations: Optional[int] = None
+    min_iterations: int = 200
+    max_iterations: int = 1000
+    information_gain: float = 0.25
     # Step size of the synthetic images (SGD on pixels, momentum below) for the loss of
     # dpgd.matching.loop.matching_loss: measured in the extractor's own feature scale (so
     # clipping does not shrink the step) and per image (so IPC does not). 0.4 is NDPDC's

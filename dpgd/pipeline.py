@@ -313,16 +313,14 @@ def run_selection(cfg: TrainConfig, dataset: ImageDataset, candidates: dict[int,
 
 def rates_from_counts(cfg: TrainConfig, plan: NoisePlan | None,
                       counts: ClassCounts) -> tuple[TrainConfig, NoisePlan | None]:
-    """The run's config with the Poisson rates read from the released counts
-    (:func:`dpgd.budget.sample_rates_for`), and its plan re-calibrated for them when they
-    changed (the count record stays as it ran)."""
-    rated = sample_rates_for(cfg, counts)
-    changed = {name: getattr(rated, name).sample_rate for name in ("matcher", "expert")
-               if getattr(rated, name).sample_rate != getattr(cfg, name).sample_rate}
-    if not changed:
+    """The run's config with the Poisson rates read from the released counts and the
+    matching iterations they imply (:func:`dpgd.budget.sample_rates_for`), and its plan
+    re-calibrated for them when they changed (the count record stays as it ran)."""
+    rated = sample_rates_for(cfg, counts, plan)
+    if rated == cfg:
         return cfg, plan
-    log.info("sample rates from the released counts: %s",
-             ", ".join(f"{name} q={rate:.4g}" for name, rate in changed.items()))
+    log.info("from the released counts: matcher q=%.4g for %d iterations, expert q=%.4g",
+             rated.matcher.sample_rate, rated.matcher.iterations, rated.expert.sample_rate)
     if plan is not None:
         plan = replan_without(rated, plan, None)
     return rated, plan

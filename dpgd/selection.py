@@ -35,6 +35,7 @@ from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.distilled import DistilledSet
 from dpgd.errors import ConfigError
+from dpgd.matching.release import planned_iterations
 from dpgd.evaluation import train_fresh_network
 from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 from dpgd.seeding import derive_seed, stage_generator
@@ -50,7 +51,7 @@ def runs(cfg: SelectionConfig, matcher: MatcherConfig) -> bool:
     """Whether the selection runs: configured, and a matcher makes a trajectory to select on."""
     if cfg.name not in NAMES:
         raise ConfigError(f"selection={cfg.name} is unknown; choose one of {', '.join(NAMES)}.")
-    return cfg.name == "dp_accuracy" and matcher.name != "none" and matcher.iterations > 0
+    return cfg.name == "dp_accuracy" and matcher.name != "none" and planned_iterations(matcher) > 0
 
 
 def privacy_request(cfg: SelectionConfig, matcher: MatcherConfig) -> PrivacyNeed | None:
@@ -58,7 +59,7 @@ def privacy_request(cfg: SelectionConfig, matcher: MatcherConfig) -> PrivacyNeed
     if not runs(cfg, matcher):
         return None
     # the deduplicated trajectory points: a short matching run can have fewer than asked
-    gains = len(candidate_iterations(matcher.iterations, cfg.candidates)) - 1
+    gains = len(candidate_iterations(planned_iterations(matcher), cfg.candidates)) - 1
     return PrivacyNeed(
         COMPONENT, 1.0, 1,
         f"one record changes each of the {gains} gains over the start (correct-prediction count minus "

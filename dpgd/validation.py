@@ -15,7 +15,7 @@ from dpgd.config import TrainConfig
 from dpgd.errors import ConfigError
 from dpgd.initialisation import check_init
 from dpgd.pool_networks import check_pool_nets_settings, snapshot_count
-from dpgd.matching.release import EMBEDDINGS, privacy_request as matcher_privacy_request
+from dpgd.matching.release import EMBEDDINGS, planned_iterations, privacy_request as matcher_privacy_request
 from dpgd.generators.pe_sources import check_source_settings
 from dpgd.privacy.schedules import relative_pieces
 from dpgd import selection
@@ -142,7 +142,7 @@ def check_stage_combinations(cfg: TrainConfig) -> None:
     if cfg.expert.name != "none":
         relative_pieces(cfg.expert.noise_schedule, cfg.expert.steps)
     if cfg.matcher.name == "dp_feature":
-        relative_pieces(cfg.matcher.noise_schedule, cfg.matcher.iterations)
+        relative_pieces(cfg.matcher.noise_schedule, planned_iterations(cfg.matcher))
         matcher_privacy_request(cfg.matcher, extractors=snapshot_count(cfg.pool_nets))
     if cfg.matcher.embedding not in EMBEDDINGS:
         raise ConfigError(f"matcher.embedding={cfg.matcher.embedding} is unknown; choose {' or '.join(EMBEDDINGS)}.")

@@ -42,9 +42,16 @@ def privacy_request(matcher_cfg: Any, extractors: int) -> PrivacyNeed | None:
         if matcher_cfg.augmentations < 1:
             raise ConfigError(f"matcher.augmentations={matcher_cfg.augmentations} must be at least 1.")
         return PrivacyNeed(COMPONENT, 1.0, int(extractors), ONCE_SENSITIVITY_TEXT)
-    steps = matcher_cfg.iterations
+    steps = planned_iterations(matcher_cfg)
     return PrivacyNeed(COMPONENT, matcher_cfg.sample_rate, steps, SENSITIVITY_TEXT,
                        relative_pieces(matcher_cfg.noise_schedule, steps))
+
+
+def planned_iterations(matcher_cfg: Any) -> int:
+    """The iterations a plan made before the count release assumes: the configured
+    number, or ``min_iterations`` when the information rule chooses it after the release
+    (:func:`dpgd.budget.with_iterations`; the run then re-plans)."""
+    return matcher_cfg.min_iterations if matcher_cfg.iterations is None else int(matcher_cfg.iterations)
 
 
 def clipped_view_mean(views: list[torch.Tensor], clip_norm: float) -> torch.Tensor:
