@@ -97,7 +97,9 @@ def replan_without(cfg: TrainConfig, plan: NoisePlan, component: str | None) -> 
     components share the remainder in proportion to their fractions (a dropped share goes
     to them)."""
     fixed = plan.mechanisms_for(counts.COMPONENT)
-    needs = [(need, share) for need, share in component_needs(cfg) if need.component != component]
+    # A component an earlier rule dropped from the plan stays dropped.
+    needs = [(need, share) for need, share in component_needs(cfg)
+             if need.component != component and need.component in plan.multipliers]
     if not needs:
         raise ConfigError(f"switching {component} off leaves no DP component to spend the budget on.")
     requests = []
@@ -162,3 +164,16 @@ def information_rule(epsilon: float, delta: float, sample_rate: float, first: in
             break
         steps, current = 2 * steps, doubled
     return steps
+
+
+def matching_information(cfg: TrainConfig, plan: NoisePlan | None, released: ClassCounts, dimension: int) -> float:
+    """The run's summed squared signal-to-noise of the matcher's releases,
+    ``sum_t (q N_c / (sigma_t sqrt(d)))^2`` averaged over classes: a clipped class sum has
+    norm at most C and its noise norm sigma C sqrt(d). Public: the plan's sigmas, the
+    released counts, the embedding size ``d``. Infinite without noise (no plan)."""
+    if plan is None or "matcher" not in plan.multipliers:
+        return math.inf
+    sigmas = plan.schedule_for("matcher")
+    expected = cfg.matcher.sample_rate * released.values.double()
+    per_class = sum(1.0 / (sigma**2 * dimension) for sigma in sigmas) * expected.pow(2)
+    return float(per_class.mean())

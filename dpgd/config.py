@@ -279,6 +279,18 @@ class MatcherConfig:
     min_iterations: int = 200
     max_iterations: int = 1000
     information_gain: float = 0.25
+    # The run's summed squared signal-to-noise of the matcher's releases,
+    # T (q N_c / (sigma sqrt(d)))^2 (public: the plan, the released counts, the embedding
+    # size), below which matching would move a pool start by more noise than signal: the
+    # matcher then releases nothing (its share is re-planned onto the other components) and
+    # the loop refines the start by the expert alignment alone (align_only). Measured on
+    # cifar10-mini at epsilon 1 (3.2 with DP-GenG's split): matching lost 2-5 points
+    # against the alignment alone (docs/results.md). Runs that start from noise (no
+    # alignment to fall back on) always match.
+    min_information: float = 8.0
+    # Refine the start by the expert alignment alone: no matching term, no private read,
+    # no budget (set by the rule above, or forced).
+    align_only: bool = False
     # Step size of the synthetic images (SGD on pixels, momentum below) for the loss of
     # dpgd.matching.loop.matching_loss: measured in the extractor's own feature scale (so
     # clipping does not shrink the step) and per image (so IPC does not). 0.4 is NDPDC's

@@ -31,7 +31,7 @@ from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.distilled import DistilledSet
 from dpgd.errors import ConfigError
-from dpgd.budget import replan_without, sample_rates_for
+from dpgd.budget import matching_information, replan_without, sample_rates_for
 from dpgd.expert import (
     Expert, ExpertAlignment, FinetuneChoice, choose_finetuning, pool_accuracy, pool_expert, train_expert,
 )
@@ -192,6 +192,11 @@ def distill(
     finetune = None
     if cfg.expert.name == "dp_sgd":
         plan, finetune = plan_expert(cfg, dataset, plan, counts)
+    cfg, plan = plan_matching(cfg, dataset, plan, counts, metrics)
+    if metrics is not None and cfg.matcher.name != "none":  # public: the config and the released counts
+        metrics.setdefault("match", {}).update({"iterations": cfg.matcher.iterations,
+                                                "sample_rate": cfg.matcher.sample_rate,
+                                                "align_only": cfg.matcher.align_only})
     pool = None
     if cfg.generator.name != "none":
         with timer.stage("generate"):
@@ -261,7 +266,7 @@ def distill(
                 candidates = candidates_from_payload(saved["candidates"], distilled.factor)
         if metrics is not None and match_stats is not None and match_stats.snr_bound is not None:
             # From the noisy releases and counts only: public, like the distilled set.
-            metrics["match"] = {"snr_bound": match_stats.snr_bound, "snr": match_stats.snr}
+            metrics.setdefault("match", {}).update({"snr_bound": match_stats.snr_bound, "snr": match_stats.snr})
             if match_stats.shrinkage_weight is not None:
                 metrics["match"]["shrinkage_weight"] = match_stats.shrinkage_weight
     chosen = None
@@ -324,6 +329,33 @@ def rates_from_counts(cfg: TrainConfig, plan: NoisePlan | None,
     if plan is not None:
         plan = replan_without(rated, plan, None)
     return rated, plan
+
+
+def plan_matching(cfg: TrainConfig, dataset: ImageDataset, plan: NoisePlan | None, counts: ClassCounts,
+                  metrics: dict[str, Any] | None) -> tuple[TrainConfig, NoisePlan | None]:
+    """Judge the matcher's releases before they run (public quantities only): when their
+    summed squared signal-to-noise is below ``matcher.min_information`` and the run starts
+    from a pool with an expert to align to, the matcher releases nothing (``align_only``)
+    and its share is re-planned onto the other components."""
+    matcher = cfg.matcher
+    if matcher.name != "dp_feature" or matcher.align_only or plan is None or "matcher" not in plan.multipliers:
+        return cfg, plan
+    model = build_model(cfg.model, dataset.channels, dataset.num_classes, dataset.image_size)
+    dimension = model.pooled_dim if matcher.embedding == "pooled" else model.feature_dim
+    information = matching_information(cfg, plan, counts, dimension)
+    if metrics is not None:
+        metrics["match"] = {"information": information}
+    falls_back = cfg.init.name in POOL_INITS and cfg.expert.name != "none"
+    log.info("matcher: summed squared signal-to-noise of its releases %.3g (matcher.min_information %g)%s",
+             information, matcher.min_information,
+             " -> align only" if falls_back and information < matcher.min_information else "")
+    if not falls_back or information >= matcher.min_information:
+        return cfg, plan
+    cfg = dataclasses.replace(cfg, matcher=dataclasses.replace(matcher, align_only=True))
+    plan = replan_without(cfg, plan, "matcher")
+    log.info("matcher: align only; its share re-planned: %s",
+             ", ".join(f"{k} sigma {v:.4g}" for k, v in plan.multipliers.items()))
+    return cfg, plan
 
 
 def plan_expert(cfg: TrainConfig, dataset: ImageDataset, plan: NoisePlan | None,
@@ -437,7 +469,9 @@ def run_matching(
     counts: ClassCounts,
 ) -> tuple[DistilledSet, MatchingStats, dict[int, DistilledSet]]:
     noise_multiplier: float | list[float] | None = None
-    if cfg.matcher.name == "dp_feature" and plan is None:
+    if cfg.matcher.align_only:
+        log.info("matcher: the expert alignment alone refines the start (no release)")
+    elif cfg.matcher.name == "dp_feature" and plan is None:
         # epsilon=inf: the same mechanism with sigma 0 (Poisson sampling and clipping kept),
         # the non-private upper bound of this very method (NDPDC's code reports it as sigma=0).
         noise_multiplier = 0.0
@@ -496,7 +530,8 @@ def run_matching(
         device=ctx.device, on_iteration=on_iteration, progress=ctx.progress,
         factor=distilled.factor, extra_loss=alignment, snapshot_at=snapshot_at, on_snapshot=on_snapshot,
     )
-    releases.check(planned_records(plan, "matcher") if cfg.matcher.name == "dp_feature" else ())
+    releases.check(planned_records(plan, "matcher") if cfg.matcher.name == "dp_feature" and not cfg.matcher.align_only
+                   else ())
     # Seconds per iteration depend on the Poisson batch sizes (hence on N): not tracked,
     # returned for the private diagnostics only.
     return DistilledSet(images, distilled.labels, factor=distilled.factor), stats, snapshots

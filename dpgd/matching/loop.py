@@ -327,7 +327,11 @@ def match(
     target: ClassTarget
     fixed: FixedDpTarget | None = None
     dsa = DSA(matcher_cfg.dsa_strategy) if matcher_cfg.dsa else None
-    if name == "dp_feature" and matcher_cfg.release == "once":
+    align_only = matcher_cfg.align_only
+    if align_only:  # the expert alignment alone: no target, no private read, no release
+        if extra_loss is None:
+            raise ConfigError("matcher.align_only refines the start by the expert alignment: it needs an expert.")
+    elif name == "dp_feature" and matcher_cfg.release == "once":
         if not isinstance(extractors, PoolTrainedExtractors):
             raise ConfigError("matcher.release=once needs matcher.extractors=pool_trained (fixed networks).")
         start = expand_multi_formation(images.detach(), labels, factor)
@@ -343,14 +347,17 @@ def match(
 
     num_classes = dataset.num_classes
     embed = embedding_fn(matcher_cfg)
-    if fixed is None:
+    if fixed is None and not align_only:
         train_images = dataset.train_images.to(device)
         train_labels = dataset.train_labels.to(device)
     syn = images.detach().clone().to(device).requires_grad_(True)
     syn_labels = labels.to(device)
     optimiser = torch.optim.SGD([syn], lr=matcher_cfg.lr_images, momentum=matcher_cfg.momentum)
 
-    releases = fixed.releases if fixed is not None else getattr(target, "releases", releases)
+    if fixed is not None:
+        releases = fixed.releases
+    elif not align_only:
+        releases = getattr(target, "releases", releases)
     first_iteration = 0
     real_seen = 0
     if checkpoint is not None and checkpoint.saved is not None:
@@ -366,8 +373,11 @@ def match(
     bar = progress_bar(range(first_iteration, matcher_cfg.iterations), desc=f"match ({name})",
                        disable=not progress, leave=False)
     for iteration in bar:
-        target_metrics: dict[str, Any]
-        if fixed is not None:  # post-processing of the released targets: no private read
+        target_metrics: dict[str, Any] = {}
+        syn_full, syn_full_labels = expand_multi_formation(syn, syn_labels, factor)
+        if align_only:
+            loss = syn.new_zeros(())
+        elif fixed is not None:  # post-processing of the released targets: no private read
             pick = extractors.pick(iteration)  # type: ignore[attr-defined]
             net = extractors.networks[pick]  # type: ignore[attr-defined]
             class_target, target_metrics = fixed.targets[pick], {}
@@ -390,10 +400,9 @@ def match(
                 class_target, target_metrics = target.class_target(iteration, real_emb, real_labels)
                 del real_emb, real_in, real
             clip_norm = target.synthetic_clip_norm
-
-        syn_full, syn_full_labels = expand_multi_formation(syn, syn_labels, factor)
-        syn_in = dsa.apply(syn_full, params) if params is not None else syn_full
-        loss = matching_loss(embed(net, syn_in), syn_full_labels, class_target, num_classes, clip_norm)
+        if not align_only:
+            syn_in = dsa.apply(syn_full, params) if params is not None else syn_full
+            loss = matching_loss(embed(net, syn_in), syn_full_labels, class_target, num_classes, clip_norm)
         # Losses stay 0-dim device tensors: converting them here would make every iteration
         # wait for the device (a host sync); the consumer converts the ones it logs.
         if "snr" in target_metrics:
