@@ -403,6 +403,10 @@ def match(
         if not align_only:
             syn_in = dsa.apply(syn_full, params) if params is not None else syn_full
             loss = matching_loss(embed(net, syn_in), syn_full_labels, class_target, num_classes, clip_norm)
+            if "snr_bound" in target_metrics:  # a noisy release: a step as large as its signal-to-noise allows
+                target_metrics["step_factor"] = torch.clamp(target_metrics["snr_bound"] / matcher_cfg.full_step_snr,
+                                                            max=1.0)
+                loss = loss * target_metrics["step_factor"]
         # Losses stay 0-dim device tensors: converting them here would make every iteration
         # wait for the device (a host sync); the consumer converts the ones it logs.
         if "snr" in target_metrics:
