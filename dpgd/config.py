@@ -277,7 +277,9 @@ class MatcherConfig:
     # max_iterations (non-private and dm runs take max_iterations).
     iterations: Optional[int] = None
     min_iterations: int = 200
-    max_iterations: int = 1000
+    # 800 (200 doubled twice): a dpgeng run on 40,000 CIFAR-10 records fits 30 minutes on 2
+    # CPU cores (docs/performance.md); the paper presets set their own.
+    max_iterations: int = 800
     information_gain: float = 0.25
     # The run's summed squared signal-to-noise of the matcher's releases,
     # T (q N_c / (sigma sqrt(d)))^2 (public: the plan, the released counts, the embedding
