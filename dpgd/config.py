@@ -281,18 +281,6 @@ class MatcherConfig:
     # CPU cores (docs/performance.md); the paper presets set their own.
     max_iterations: int = 800
     information_gain: float = 0.25
-    # The run's summed squared signal-to-noise of the matcher's releases,
-    # T (q N_c / (sigma sqrt(d)))^2 (public: the plan, the released counts, the embedding
-    # size), below which matching would move a pool start by more noise than signal: the
-    # matcher then releases nothing (its share is re-planned onto the other components) and
-    # the loop refines the start by the expert alignment alone (align_only). Measured on
-    # cifar10-mini at epsilon 1 (3.2 with DP-GenG's split): matching lost 2-5 points
-    # against the alignment alone (docs/results.md). Runs that start from noise (no
-    # alignment to fall back on) always match.
-    min_information: float = 8.0
-    # Refine the start by the expert alignment alone: no matching term, no private read,
-    # no budget (set by the rule above, or forced).
-    align_only: bool = False
     # Step size of the synthetic images (SGD on pixels, momentum below) for the loss of
     # dpgd.matching.loop.matching_loss: measured in the extractor's own feature scale (so
     # clipping does not shrink the step) and per image (so IPC does not). 0.4 is NDPDC's
@@ -301,13 +289,15 @@ class MatcherConfig:
     # cifar10-mini, epsilon=inf, 200 iterations: 0.1 -> 36.5 %, 0.4 -> 39.15 % (NDPDC's
     # code: 39.0 %).
     lr_images: float = 0.4
-    # The step on a noisy release is lr_images x min(1, snr / full_step_snr), snr = q N_c /
-    # (sigma sqrt(d)) averaged over classes (public: the plan, the released counts, the
-    # embedding size): the steady-state gain of a filter tracking a drifting target through
-    # noisy observations grows with their signal-to-noise until it saturates. Measured on
-    # cifar10-mini with NDPDC (200 iterations): at epsilon=inf 0.4 beats 0.1 (39.15 vs
-    # 36.5 %), at epsilon 1 (snr 0.2) 0.1 beats 0.4 (30.1 vs 28.95 %).
-    full_step_snr: float = 1.0
+    # The matching step on a noisy release is lr_images x snr^2 / (snr^2 + half_step_snr^2),
+    # snr = q N_c / (sigma sqrt(d)) averaged over classes (public: the plan, the released
+    # counts, the embedding size; C cancels): the Wiener weight of a noisy residual whose
+    # signal part has norm ~ half_step_snr C. A start near the target (a generated pool)
+    # loses to noisy steps, a noise start gains from them. Measured on cifar10-mini, 200
+    # iterations (docs/results.md): NDPDC at epsilon=inf 0.4 beats 0.1 (39.15 vs 36.5 %);
+    # at epsilon 1 (snr 0.2) 28-30 % for steps 0.08-0.4; DP-GenG at epsilon 1 (snr 0.1)
+    # 24.4 % at 0.4, 26.95 % at 0.1, 29.35 % at ~0.0015.
+    half_step_snr: float = 0.5
     momentum: float = 0.5
     # Poisson sample rate per class for dp_feature; dm draws batch_real per class.
     sample_rate: float = 0.1

@@ -192,11 +192,8 @@ def distill(
     finetune = None
     if cfg.expert.name == "dp_sgd":
         plan, finetune = plan_expert(cfg, dataset, plan, counts)
-    cfg, plan = plan_matching(cfg, dataset, plan, counts, metrics)
-    if metrics is not None and cfg.matcher.name != "none":  # public: the config and the released counts
-        metrics.setdefault("match", {}).update({"iterations": cfg.matcher.iterations,
-                                                "sample_rate": cfg.matcher.sample_rate,
-                                                "align_only": cfg.matcher.align_only})
+    if metrics is not None and cfg.matcher.name == "dp_feature":  # public: the plan and the released counts
+        metrics["match"] = matching_diagnostics(cfg, dataset, plan, counts)
     pool = None
     if cfg.generator.name != "none":
         with timer.stage("generate"):
@@ -331,31 +328,16 @@ def rates_from_counts(cfg: TrainConfig, plan: NoisePlan | None,
     return rated, plan
 
 
-def plan_matching(cfg: TrainConfig, dataset: ImageDataset, plan: NoisePlan | None, counts: ClassCounts,
-                  metrics: dict[str, Any] | None) -> tuple[TrainConfig, NoisePlan | None]:
-    """Judge the matcher's releases before they run (public quantities only): when their
-    summed squared signal-to-noise is below ``matcher.min_information`` and the run starts
-    from a pool with an expert to align to, the matcher releases nothing (``align_only``)
-    and its share is re-planned onto the other components."""
-    matcher = cfg.matcher
-    if matcher.name != "dp_feature" or matcher.align_only or plan is None or "matcher" not in plan.multipliers:
-        return cfg, plan
+def matching_diagnostics(cfg: TrainConfig, dataset: ImageDataset, plan: NoisePlan | None,
+                         counts: ClassCounts) -> dict[str, Any]:
+    """What the matcher will run, from public quantities: iterations, sample rate and the
+    summed squared signal-to-noise of its releases (:func:`dpgd.budget.matching_information`)."""
     model = build_model(cfg.model, dataset.channels, dataset.num_classes, dataset.image_size)
-    dimension = model.pooled_dim if matcher.embedding == "pooled" else model.feature_dim
+    dimension = model.pooled_dim if cfg.matcher.embedding == "pooled" else model.feature_dim
     information = matching_information(cfg, plan, counts, dimension)
-    if metrics is not None:
-        metrics["match"] = {"information": information}
-    falls_back = cfg.init.name in POOL_INITS and cfg.expert.name != "none"
-    log.info("matcher: summed squared signal-to-noise of its releases %.3g (matcher.min_information %g)%s",
-             information, matcher.min_information,
-             " -> align only" if falls_back and information < matcher.min_information else "")
-    if not falls_back or information >= matcher.min_information:
-        return cfg, plan
-    cfg = dataclasses.replace(cfg, matcher=dataclasses.replace(matcher, align_only=True))
-    plan = replan_without(cfg, plan, "matcher")
-    log.info("matcher: align only; its share re-planned: %s",
-             ", ".join(f"{k} sigma {v:.4g}" for k, v in plan.multipliers.items()))
-    return cfg, plan
+    log.info("matcher: %d iterations at q=%.4g, summed squared signal-to-noise of its releases %.3g",
+             cfg.matcher.iterations, cfg.matcher.sample_rate, information)
+    return {"iterations": cfg.matcher.iterations, "sample_rate": cfg.matcher.sample_rate, "information": information}
 
 
 def plan_expert(cfg: TrainConfig, dataset: ImageDataset, plan: NoisePlan | None,
@@ -469,9 +451,7 @@ def run_matching(
     counts: ClassCounts,
 ) -> tuple[DistilledSet, MatchingStats, dict[int, DistilledSet]]:
     noise_multiplier: float | list[float] | None = None
-    if cfg.matcher.align_only:
-        log.info("matcher: the expert alignment alone refines the start (no release)")
-    elif cfg.matcher.name == "dp_feature" and plan is None:
+    if cfg.matcher.name == "dp_feature" and plan is None:
         # epsilon=inf: the same mechanism with sigma 0 (Poisson sampling and clipping kept),
         # the non-private upper bound of this very method (NDPDC's code reports it as sigma=0).
         noise_multiplier = 0.0
@@ -530,8 +510,7 @@ def run_matching(
         device=ctx.device, on_iteration=on_iteration, progress=ctx.progress,
         factor=distilled.factor, extra_loss=alignment, snapshot_at=snapshot_at, on_snapshot=on_snapshot,
     )
-    releases.check(planned_records(plan, "matcher") if cfg.matcher.name == "dp_feature" and not cfg.matcher.align_only
-                   else ())
+    releases.check(planned_records(plan, "matcher") if cfg.matcher.name == "dp_feature" else ())
     # Seconds per iteration depend on the Poisson batch sizes (hence on N): not tracked,
     # returned for the private diagnostics only.
     return DistilledSet(images, distilled.labels, factor=distilled.factor), stats, snapshots

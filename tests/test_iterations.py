@@ -58,22 +58,3 @@ def test_matching_information_is_the_summed_squared_snr_of_the_planned_releases(
     expected = 200 * ((0.1 * 400) ** 2 + (0.1 * 600) ** 2) / 2 / (sigma**2 * 2048)
     assert matching_information(cfg, plan, counts, 2048) == pytest.approx(expected, rel=1e-9)
     assert matching_information(cfg, None, counts, 2048) == math.inf
-
-
-def test_a_matcher_below_min_information_releases_nothing_and_its_share_is_replanned(tmp_path, compose, monkeypatch):
-    """Digits at epsilon 1 with DP-GenG's split: the matcher's releases would carry a summed
-    squared SNR far below matcher.min_information, so the loop refines the pool start by the
-    expert alignment alone: no matcher record, no private read in the loop."""
-    import dpgd.matching.loop as loop
-    import dpgd.train as train
-
-    def no_private_read(*args, **kwargs):
-        raise AssertionError("the align-only loop read the private train set")
-
-    monkeypatch.setattr(loop, "poisson_batches", no_private_read)
-    result = train.run(compose("epsilon=1", "debug=short", "logger=none"), tmp_path)
-    components = [m["component"] for m in result.results["privacy"]["mechanisms"]]
-    assert "matcher" not in components and "generator" in components
-    match = result.results["stages"]["match"]
-    assert match["align_only"] is True and match["information"] < 8
-    assert 0.98 <= result.results["privacy"]["epsilon"] <= 1.0

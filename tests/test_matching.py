@@ -274,30 +274,32 @@ def test_matching_moves_noise_images_into_a_set_that_trains_a_classifier(digits,
     assert accuracy(images) > accuracy(start.images) + 50
 
 
-def test_the_step_on_a_noisy_release_scales_with_its_signal_to_noise(digits):
-    """One iteration, the same noise draw: the image step is lr x min(1, snr / full_step_snr)
-    times the loss gradient, so halving full_step_snr (both factors below 1) doubles it, and
-    a factor capped at 1 keeps it."""
+def test_the_step_on_a_noisy_release_is_its_wiener_weight(digits):
+    """One iteration, the same noise draw: the image step is lr x snr^2 / (snr^2 + h^2) times
+    the loss gradient (h = half_step_snr), so the steps at two settings of h have exactly
+    the ratio of their weights; at snr = h the weight is one half."""
     from dpgd.config import MatcherConfig, ModelConfig
     from dpgd.initialisation import initialise
 
     start = initialise("noise", digits, 2, 1.0, torch.Generator().manual_seed(0))
     logged = []
 
-    def step(full_step_snr):
+    def step(half_step_snr):
         extractors = matching.RandomExtractors(ModelConfig(width=16), 1, 10, (8, 8), torch.Generator().manual_seed(0),
                                                torch.device("cpu"))
-        cfg = MatcherConfig(iterations=1, dsa=False, full_step_snr=full_step_snr)
+        cfg = MatcherConfig(iterations=1, dsa=False, half_step_snr=half_step_snr)
         images, _ = matching.match(
             start.images, start.labels, digits, cfg, extractors=extractors, noise_multiplier=4.0,
             generator=torch.Generator().manual_seed(0), noise_generator=torch.Generator().manual_seed(1),
             sampling_generator=torch.Generator().manual_seed(2), counts=exact_counts(digits),
             device=torch.device("cpu"), progress=False, on_iteration=lambda i, m: logged.append(m),
         )
-        return images - start.images
+        return images - start.images, float(logged[-1]["step_factor"])
 
-    small, large = step(100.0), step(50.0)
+    small, weight_small = step(1.0)
     snr = float(logged[0]["snr_bound"])  # q N_c / (sigma sqrt(d)): ~0.1 here
-    assert float(logged[0]["step_factor"]) == pytest.approx(snr / 100.0, rel=1e-5)
-    assert torch.allclose(large, 2 * small, rtol=1e-3, atol=1e-6)  # float32 images near 1: ~1e-7 each
-    assert torch.equal(step(snr / 2), step(snr / 4))  # both capped at 1
+    assert weight_small == pytest.approx(snr**2 / (snr**2 + 1.0), rel=1e-5)
+    half, weight_half = step(snr)
+    assert weight_half == pytest.approx(0.5, rel=1e-5)
+    # float32 images near 1: ~1e-7 each
+    assert torch.allclose(half, small * (weight_half / weight_small), rtol=1e-3, atol=1e-6)

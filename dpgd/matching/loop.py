@@ -327,11 +327,7 @@ def match(
     target: ClassTarget
     fixed: FixedDpTarget | None = None
     dsa = DSA(matcher_cfg.dsa_strategy) if matcher_cfg.dsa else None
-    align_only = matcher_cfg.align_only
-    if align_only:  # the expert alignment alone: no target, no private read, no release
-        if extra_loss is None:
-            raise ConfigError("matcher.align_only refines the start by the expert alignment: it needs an expert.")
-    elif name == "dp_feature" and matcher_cfg.release == "once":
+    if name == "dp_feature" and matcher_cfg.release == "once":
         if not isinstance(extractors, PoolTrainedExtractors):
             raise ConfigError("matcher.release=once needs matcher.extractors=pool_trained (fixed networks).")
         start = expand_multi_formation(images.detach(), labels, factor)
@@ -347,17 +343,14 @@ def match(
 
     num_classes = dataset.num_classes
     embed = embedding_fn(matcher_cfg)
-    if fixed is None and not align_only:
+    if fixed is None:
         train_images = dataset.train_images.to(device)
         train_labels = dataset.train_labels.to(device)
     syn = images.detach().clone().to(device).requires_grad_(True)
     syn_labels = labels.to(device)
     optimiser = torch.optim.SGD([syn], lr=matcher_cfg.lr_images, momentum=matcher_cfg.momentum)
 
-    if fixed is not None:
-        releases = fixed.releases
-    elif not align_only:
-        releases = getattr(target, "releases", releases)
+    releases = fixed.releases if fixed is not None else getattr(target, "releases", releases)
     first_iteration = 0
     real_seen = 0
     if checkpoint is not None and checkpoint.saved is not None:
@@ -375,9 +368,7 @@ def match(
     for iteration in bar:
         target_metrics: dict[str, Any] = {}
         syn_full, syn_full_labels = expand_multi_formation(syn, syn_labels, factor)
-        if align_only:
-            loss = syn.new_zeros(())
-        elif fixed is not None:  # post-processing of the released targets: no private read
+        if fixed is not None:  # post-processing of the released targets: no private read
             pick = extractors.pick(iteration)  # type: ignore[attr-defined]
             net = extractors.networks[pick]  # type: ignore[attr-defined]
             class_target, target_metrics = fixed.targets[pick], {}
@@ -400,13 +391,12 @@ def match(
                 class_target, target_metrics = target.class_target(iteration, real_emb, real_labels)
                 del real_emb, real_in, real
             clip_norm = target.synthetic_clip_norm
-        if not align_only:
-            syn_in = dsa.apply(syn_full, params) if params is not None else syn_full
-            loss = matching_loss(embed(net, syn_in), syn_full_labels, class_target, num_classes, clip_norm)
-            if "snr_bound" in target_metrics:  # a noisy release: a step as large as its signal-to-noise allows
-                target_metrics["step_factor"] = torch.clamp(target_metrics["snr_bound"] / matcher_cfg.full_step_snr,
-                                                            max=1.0)
-                loss = loss * target_metrics["step_factor"]
+        syn_in = dsa.apply(syn_full, params) if params is not None else syn_full
+        loss = matching_loss(embed(net, syn_in), syn_full_labels, class_target, num_classes, clip_norm)
+        if "snr_bound" in target_metrics:  # a noisy release: a step as large as its signal-to-noise allows
+            snr_squared = target_metrics["snr_bound"] ** 2
+            target_metrics["step_factor"] = snr_squared / (snr_squared + matcher_cfg.half_step_snr**2)
+            loss = loss * target_metrics["step_factor"]
         # Losses stay 0-dim device tensors: converting them here would make every iteration
         # wait for the device (a host sync); the consumer converts the ones it logs.
         if "snr" in target_metrics:

@@ -31,7 +31,7 @@ def privacy_request(matcher_cfg: Any, extractors: int) -> PrivacyNeed | None:
     """What ``dp_feature`` will release; None otherwise. ``per_iteration``: one subsampled
     Gaussian per iteration at the matcher's sample rate. ``once``: one Gaussian over the
     whole train set (sample rate 1) per extractor (``extractors`` of them)."""
-    if matcher_cfg.name != "dp_feature" or matcher_cfg.align_only:
+    if matcher_cfg.name != "dp_feature":
         return None
     if matcher_cfg.release not in RELEASES:
         raise ConfigError(f"matcher.release={matcher_cfg.release} is unknown; choose {' or '.join(RELEASES)}.")
