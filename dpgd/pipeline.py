@@ -192,7 +192,8 @@ def distill(
     finetune = None
     if cfg.expert.name == "dp_sgd":
         plan, finetune = plan_expert(cfg, dataset, plan, counts)
-    if metrics is not None and cfg.matcher.name == "dp_feature":  # public: the plan and the released counts
+    if metrics is not None and plan is not None and cfg.matcher.name == "dp_feature":
+        # Public: the plan and the released counts (a non-private run has no noise to report).
         metrics["match"] = matching_diagnostics(cfg, dataset, plan, counts)
     pool = None
     if cfg.generator.name != "none":
