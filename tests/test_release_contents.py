@@ -8,10 +8,8 @@ wrap the real functions and only read their arguments and results.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +25,7 @@ from dpgd.matching import loop
 from dpgd.privacy.components import ReleaseLog
 from dpgd.results import release_dir
 from reference_accountants import dp_accounting_pld
+from release_scan import assert_counts_published_noisy
 
 pytestmark = pytest.mark.privacy
 
@@ -175,30 +174,11 @@ def test_no_private_image_is_in_the_release(runs, digits):
         assert float(torch.cdist(released, train_images).min()) > 0.1 * typical
 
 
-def numbers(value, path=()):
-    """Every number in a JSON document, with its path."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from numbers(item, (*path, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from numbers(item, (*path, index))
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        yield path, value
-
-
 def test_release_numbers_hold_no_exact_count(runs, digits):
     """The published counts are the released noisy ones, rounded; the exact N appears nowhere
-    under release/, as an int or a float, except where the rounded noisy total equals it."""
-    for spies, results, run_dir in runs:
-        noisy = spies.noisy_counts
-        assert results["class_counts"] == {"per_class": [int(round(float(v))) for v in noisy],
-                                           "total": int(round(float(noisy.sum()))), "noisy": True}
-        for path in sorted(release_dir(run_dir).glob("*.json")):
-            for where, value in numbers(json.loads(path.read_text())):
-                if float(value) == digits.num_train:
-                    assert where == ("class_counts", "total") and round(float(noisy.sum())) == digits.num_train, (
-                        f"{path.name} holds the exact N at {where}")
+    under release/, as an int or a float (:func:`release_scan.assert_counts_published_noisy`)."""
+    for spies, _, run_dir in runs:
+        assert_counts_published_noisy(release_dir(run_dir), spies.noisy_counts, digits.num_train)
 
 
 def test_an_ipc_larger_than_a_class_is_refused_after_the_count_release_only(compose, tmp_path, monkeypatch):
