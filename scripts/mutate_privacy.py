@@ -1,10 +1,11 @@
 """Run the privacy tests against each deliberate privacy bug of tests/privacy_mutations.py.
 
 For every mutation: ``pytest -m privacy`` in a process forked from this one (which has
-imported torch and dpgd once) with the bug applied (``DPGD_PRIVACY_MUTATION``), first on the tests named as its killers, then, if they all
-pass, on the whole privacy subset. A mutation is killed when a test fails; it survives
-when the whole subset passes. Prints one row per mutation (the killing test and its
-message, seconds) and exits 1 if any mutation survives or no longer applies.
+imported torch and dpgd once) with the bug applied (``DPGD_PRIVACY_MUTATION``), first on
+the tests named as its killers, then, if they all pass, on the whole privacy subset. A
+mutation is killed when a test fails; it survives when the whole subset passes. Prints
+one row per mutation (the killing test and its message, seconds) and exits 1 if any
+mutation survives or no longer applies. The unmutated subset runs first and must pass.
 
     python scripts/mutate_privacy.py            # every mutation (~10 min on 2 busy cores)
     python scripts/mutate_privacy.py --subset   # one per kind of bug (CI, ~3 min)

@@ -50,10 +50,10 @@ GEN = "tests/test_generators.py::"
 # The two class-sum releases of dpgd.matching.release draw noise with the same line; the
 # line before tells them apart.
 _NOISE_LINE = "sums.add_(noise.to(sums.device), alpha=noise_multiplier * clip_norm)"
-ITERATION_NOISE = "del clipped\n    noise = torch.randn(sums.shape, generator=noise_generator, device=noise_generator.device, " \
-                  "dtype=sums.dtype)\n    " + _NOISE_LINE
-ONCE_NOISE = "found no train records.\")\n    noise = torch.randn(sums.shape, generator=noise_generator, " \
-             "device=noise_generator.device, dtype=sums.dtype)\n    " + _NOISE_LINE
+_NOISE_DRAW = ("noise = torch.randn(sums.shape, generator=noise_generator, device=noise_generator.device, "
+               "dtype=sums.dtype)")
+ITERATION_NOISE = f"del clipped\n    {_NOISE_DRAW}\n    {_NOISE_LINE}"
+ONCE_NOISE = f'found no train records.")\n    {_NOISE_DRAW}\n    {_NOISE_LINE}'
 
 MUTATIONS: tuple[Mutation, ...] = (
     # --- noise x0.5 in each mechanism (the ledger keeps the planned multiplier) ---------------
@@ -180,7 +180,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "distilled.labels,"),
        killers=(RC + "test_no_private_image_is_in_the_release",), subset=True),
     _m("release: exact N written as a float", "dpgd.train",
-       ('"num_classes": dataset.num_classes,', '"num_classes": dataset.num_classes, "records": float(dataset.num_train),'),
+       ('"num_classes": dataset.num_classes,',
+        '"num_classes": dataset.num_classes, "records": float(dataset.num_train),'),
        killers=(RC + "test_release_numbers_hold_no_exact_count",), subset=True),
     _m("release: exact class counts published", "dpgd.train",
        ('"class_counts": release.counts.to_dict(),',

@@ -1,15 +1,16 @@
 """Whole private runs, read against what really ran: every Gaussian release drawn, every
 DP stream's seed, every matching batch, the released files.
 
-Two tiny DP-GenG runs (every DP component: counts, DP-MERF, expert DP-SGD, matching,
-selection) with secret noise and the same public seed run once for the module; spies
-wrap the real functions and only read their arguments and results.
+Tiny DP-GenG runs (every DP component: counts, DP-MERF, expert DP-SGD, matching,
+selection) with secret noise and one public seed, made once for the module (two at
+most); spies wrap the real functions and only read their arguments and results.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +31,8 @@ from release_scan import assert_counts_published_noisy
 pytestmark = pytest.mark.privacy
 
 RUN = ["logger=none", "debug=tiny", "experiment=dpgeng", "expert.finetune=all", "generator.cache=false",
-       "pool_nets.cache=false"]
+       "pool_nets.cache=false", "evaluation.epochs=1", "pool_nets.epochs=1", "pool_nets.snapshots=1",
+       "selection.epochs=1"]
 # The DP streams of a DP-GenG run: each must be drawn from the run's secret noise source.
 STREAMS = ("counts", "dp_merf noise", "expert noise", "expert sampling", "match noise", "match sampling",
            "selection noise")
@@ -107,30 +109,34 @@ def install_spies(monkeypatch: pytest.MonkeyPatch, current: list[Spies]) -> None
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, digits):
-    """Two secret-noise runs of one config and seed: (spies, results, run folder) each."""
+def runs(tmp_path_factory):
+    """``runs(k)``: the first k secret-noise runs of one config and seed, each (spies,
+    results, run folder), made on first use (a test that needs one run pays for one)."""
     from dpgd.config import compose
 
     folder = tmp_path_factory.mktemp("runs")
-    current: list[Spies] = []
-    out = []
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as monkeypatch:
-            install_spies(monkeypatch, current)
-            for name in ("a", "b"):
-                current.append(Spies())
-                result = train.run(compose(*RUN), folder / name)
-                out.append((current[-1], result.results, result.output_dir))
-    finally:
-        torch.set_num_threads(before)
-    return out
+    done: list[tuple[Spies, dict, Path]] = []
+
+    def get(count: int) -> list[tuple[Spies, dict, Path]]:
+        while len(done) < count:
+            current = [Spies()]
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with pytest.MonkeyPatch.context() as monkeypatch:
+                    install_spies(monkeypatch, current)
+                    result = train.run(compose(*RUN), folder / f"run{len(done)}")
+            finally:
+                torch.set_num_threads(before)
+            done.append((current[0], result.results, result.output_dir))
+        return done[:count]
+
+    return get
 
 
 def test_every_dp_stream_is_secret_and_fresh_per_run(runs):
     """The public seed is the same: a stream drawn from it repeats across the two runs."""
-    (first, results, _), (second, _, _) = runs
+    (first, results, _), (second, _, _) = runs(2)
     assert results["privacy"]["dp"] is True
     for stream in STREAMS:
         assert len(first.seeds.get(stream, ())) == 1 == len(second.seeds.get(stream, ())), stream
@@ -141,7 +147,7 @@ def test_a_run_composes_to_the_accountant_value_of_what_ran(runs):
     """The reported epsilon is dp-accounting's for the releases that were drawn (sample rates
     from the ledger; the Poisson tests check them), so an undeclared release or an
     understated step count cannot hide."""
-    for spies, results, _ in runs:
+    for spies, results, _ in runs(1):
         ledger = results["privacy"]["mechanisms"]
         rates = {record["component"]: record["sample_rate"] for record in ledger}
         drawn = Counter(spies.releases)
@@ -156,7 +162,7 @@ def test_a_run_composes_to_the_accountant_value_of_what_ran(runs):
 
 def test_matching_samples_at_the_ledgers_rate(runs, digits):
     """Matching's batches follow Binomial(N_c, q) with q the ledger's matcher sample rate."""
-    for spies, results, _ in runs:
+    for spies, results, _ in runs(1):
         [record] = [r for r in results["privacy"]["mechanisms"] if r["component"] == "matcher"]
         assert len(spies.batches) == record["steps"]
         assert_binomial(torch.stack(spies.batches), digits.class_counts(), record["sample_rate"], level=1e-6)
@@ -169,7 +175,7 @@ def test_no_private_image_is_in_the_release(runs, digits):
     distances = torch.cdist(train_images, train_images)
     distances.fill_diagonal_(math.inf)
     typical = float(distances.min(1).values.median())
-    for _, _, run_dir in runs:
+    for _, _, run_dir in runs(1):
         released = torch.load(release_dir(run_dir) / "distilled.pt", weights_only=True)["images"].flatten(1)
         assert float(torch.cdist(released, train_images).min()) > 0.1 * typical
 
@@ -177,7 +183,7 @@ def test_no_private_image_is_in_the_release(runs, digits):
 def test_release_numbers_hold_no_exact_count(runs, digits):
     """The published counts are the released noisy ones, rounded; the exact N appears nowhere
     under release/, as an int or a float (:func:`release_scan.assert_counts_published_noisy`)."""
-    for spies, _, run_dir in runs:
+    for spies, _, run_dir in runs(1):
         assert_counts_published_noisy(release_dir(run_dir), spies.noisy_counts, digits.num_train)
 
 

@@ -20,8 +20,9 @@ from dpgd.checkpoints import KEY_FILE, checkpoint_dir
 
 pytestmark = [pytest.mark.privacy, pytest.mark.usefixtures("one_torch_thread")]
 
-SECRET = ["debug=tiny", "logger=none", "matcher.iterations=30", "checkpoint_every=7", "generator.cache=false",
-          "pool_nets.cache=false", "expert.finetune=all"]
+SECRET = ["debug=tiny", "logger=none", "matcher.iterations=20", "checkpoint_every=5", "generator.cache=false",
+          "pool_nets.cache=false", "expert.finetune=all", "evaluation.epochs=1", "pool_nets.epochs=1",
+          "pool_nets.snapshots=1", "selection.epochs=1"]
 
 
 class Interrupted(Exception):
@@ -30,7 +31,7 @@ class Interrupted(Exception):
 
 def test_secret_resume_equals_the_uninterrupted_run_with_the_same_key(compose, tmp_path, monkeypatch):
     real_match = pipeline.match
-    stop_at: list[int | None] = [17]
+    stop_at: list[int | None] = [12]  # after the state saved at 10
 
     def match(*args, on_iteration=None, **kwargs):
         def hook(iteration, values):
