@@ -4,8 +4,8 @@ Each :class:`Mutation` is a list of text edits to one dpgd module (``old`` must 
 exactly once in the module's source). :func:`apply` re-executes the edited top-level
 function, method or assignment in the module's namespace when the test process starts
 (``tests/conftest.py`` reads ``DPGD_PRIVACY_MUTATION``) and rebinds every dpgd module
-that imported the old object by name, so the whole package runs the bug. The package
-on disk is never changed.
+that imported the old object (under any name), so the whole package runs the bug. The
+package on disk is never changed.
 
 ``scripts/mutate_privacy.py`` runs the privacy test subset (``pytest -m privacy``) once
 per mutation and fails if any mutation survives. ``killers`` name the tests expected to
@@ -30,6 +30,8 @@ ENV = "DPGD_PRIVACY_MUTATION"
 
 @dataclass(frozen=True)
 class Mutation:
+    """One privacy bug: ``(old, new)`` text edits to ``module``, and the tests meant to catch it."""
+
     name: str
     module: str
     edits: tuple[tuple[str, str], ...]
