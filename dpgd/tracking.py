@@ -7,6 +7,12 @@ account or network; ``online`` falls back to offline when the server cannot be r
 Console capture and system metrics are off: the terminal may show figures of the private
 data (progress bars), memory and CPU time depend on N, and a W&B project is often shared,
 so W&B gets only what stages log explicitly.
+
+Timing: W&B stamps every history row with the wall time it is logged (``_timestamp``,
+``_runtime``; the SDK has no setting to drop ``_runtime``), and the time a stage takes
+depends on N and on the Poisson batch sizes. :class:`WandbTracker` therefore holds every
+call in memory and writes them all when the run finishes: each row keeps its stage's step
+axis, and the only times W&B records are the run's start and end (docs/privacy-audit.md).
 """
 
 from __future__ import annotations
@@ -62,20 +68,27 @@ class Tracker:
 
 
 class WandbTracker(Tracker):
+    """A W&B run that receives every call at :meth:`finish` (see the module docstring):
+    curves, images, tables, the summary and the artifact are kept in order until then."""
+
     active = True
 
     def __init__(self, run: Any) -> None:
         self._run = run
         self._stages: set[str] = set()
+        self._pending: list[Callable[[], None]] = []
 
     def log(self, stage: str, metrics: dict[str, float], step: int | None = None) -> None:
+        payload = {f"{stage}/{key}": value for key, value in metrics.items()}
+        if step is not None:
+            payload[f"{stage}/step"] = step
+        self._pending.append(lambda: self._write_row(stage, payload))
+
+    def _write_row(self, stage: str, payload: dict[str, Any]) -> None:
         if stage not in self._stages:
             self._run.define_metric(f"{stage}/step")
             self._run.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
             self._stages.add(stage)
-        payload = {f"{stage}/{key}": value for key, value in metrics.items()}
-        if step is not None:
-            payload[f"{stage}/step"] = step
         self._run.log(payload)
 
     def log_images(self, key: str, images_01: torch.Tensor, per_row: int, caption: str = "") -> None:
@@ -84,16 +97,23 @@ class WandbTracker(Tracker):
 
         grid = make_grid(images_01.detach().cpu(), nrow=max(1, per_row), padding=1, pad_value=1.0)
         array = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-        self._run.log({key: wandb.Image(array, caption=caption)})
+        image = wandb.Image(array, caption=caption)
+        self._pending.append(lambda: self._run.log({key: image}))
 
     def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         import wandb
 
-        self._run.log({key: wandb.Table(columns=list(columns), data=[list(row) for row in rows])})
+        table = wandb.Table(columns=list(columns), data=[list(row) for row in rows])
+        self._pending.append(lambda: self._run.log({key: table}))
 
     def summary(self, values: dict[str, Any]) -> None:
-        for key, value in values.items():
-            self._run.summary[key] = value
+        values = dict(values)
+
+        def write() -> None:
+            for key, value in values.items():
+                self._run.summary[key] = value
+
+        self._pending.append(write)
 
     def log_files_artifact(self, name: str, kind: str, paths: Sequence[Path]) -> None:
         import wandb
@@ -101,14 +121,18 @@ class WandbTracker(Tracker):
         artifact = wandb.Artifact(name=name, type=kind)
         for path in paths:
             artifact.add_file(str(path))
-        self._run.log_artifact(artifact)
+        self._pending.append(lambda: self._run.log_artifact(artifact))
 
     def finish(self, exit_code: int = 0) -> None:
+        pending, self._pending = self._pending, []
+        for write in pending:
+            write()
         self._run.finish(exit_code=exit_code)
 
     def discard(self) -> None:
         """Finish as failed and delete an offline run's folder, so `wandb sync` never uploads
         a run that a bad setting stopped (an online run stays, marked failed)."""
+        self._pending = []
         offline, folder = self._run.offline, Path(self._run.settings.sync_dir)
         self._run.finish(exit_code=2)
         if offline:

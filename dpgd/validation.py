@@ -170,9 +170,12 @@ def check_counts(cfg: TrainConfig, counts: "ClassCounts", class_names: tuple[str
     margin = 3.0 * counts.noise_std
     if cfg.ipc > smallest + margin:
         about = "about " if counts.noisy else ""
+        # Class sizes are private: the check needs the released counts, so it comes after them.
+        spent = (" This refusal has spent the count release (budget.counts of epsilon); a rerun releases the "
+                 "counts again." if counts.noisy else "")
         raise ConfigError(
             f"ipc={cfg.ipc} is larger than class '{class_names[index]}', which has {about}{smallest_int} training "
-            f"images; use ipc<={max(1, smallest_int)}."
+            f"images; use ipc<={max(1, smallest_int)}.{spent}"
         )
     if cfg.ipc > smallest:
         log.warning("ipc=%d is larger than the released (noisy) count of class '%s', about %d images",

@@ -21,6 +21,13 @@ CIFAR10_MINI = Path(os.environ.get("DPGD_CIFAR10_MINI", REPO.parent / "shared" /
 # current folder, and CLI tests run from temporary folders).
 os.environ["DPGD_CIFAR10_MINI"] = str(CIFAR10_MINI)
 
+# scripts/mutate_privacy.py sets this to run the tests against one deliberate privacy bug
+# (tests/privacy_mutations.py); applied before any test module imports dpgd's functions.
+if os.environ.get("DPGD_PRIVACY_MUTATION"):
+    from privacy_mutations import ENV, apply
+
+    apply(os.environ[ENV])
+
 
 @pytest.fixture(scope="session")
 def cifar10_mini() -> Path:

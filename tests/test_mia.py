@@ -249,7 +249,11 @@ def test_loss_attack_returns_the_keys(attack):
     assert results["attack"] == "loss" and results["num_shadow"] == 0 and results["scored_pairs"] == 200
     assert HEADLINE <= set(results) and set(results["variants"]) == {"loss"}
     assert set(results["roc"]) == {"fpr", "tpr"} and (folder / ROC_FILE).is_file()
-    assert 0.0 <= results["auc"] <= 1.0
+    # The leaky control copies the members into the release: the attack must see it. With
+    # 100 members and 100 non-members, AUC > 0.567 rejects "no signal" at the one-sided 5 %
+    # level (null sd 0.041); measured 0.606 (seed 0; seeds 1, 2: 0.550, 0.587). An
+    # inverted or a random score fails.
+    assert results["auc"] > 0.567
 
 
 def test_none_returns_none(compose, digits, tmp_path):
