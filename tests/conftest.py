@@ -22,7 +22,7 @@ CIFAR10_MINI = Path(os.environ.get("DPGD_CIFAR10_MINI", REPO.parent / "shared" /
 os.environ["DPGD_CIFAR10_MINI"] = str(CIFAR10_MINI)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cifar10_mini() -> Path:
     if not (CIFAR10_MINI / "train").is_dir():
         pytest.skip(f"the shared CIFAR-10 slice is not at {CIFAR10_MINI}")
@@ -49,7 +49,7 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def digits():
     """The embedded digits data set, loaded once."""
     from dpgd.config import DatasetConfig
@@ -58,7 +58,7 @@ def digits():
     return load_dataset(DatasetConfig(name="digits"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def dp_inputs(digits):
     """What a DP stage needs besides its data, for unit tests: noise from the public seed
     (reproducible: NOT DP, fine in a test) and the exact digits counts."""
