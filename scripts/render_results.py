@@ -12,8 +12,9 @@ and ``<!-- /results:<name> -->``; this script replaces each block by the table r
 from its data, so the numbers are written in one place and never edited in the Markdown.
 ``tests/test_docs.py`` fails when a block differs from what this script renders.
 
-A cell written ``null`` renders as "—" (not measured at the table's settings); a new
-measurement goes into the YAML file's ``rows`` and the page is re-rendered.
+A cell written ``null`` renders as "—" (not measured at the table's settings), ``""`` as an
+empty cell (does not apply); a new measurement goes into the YAML file's ``rows`` and the
+page is re-rendered.
 
 The headline table (``headline.yaml``: methods x data sets x epsilons) is filled from the
 JSON that ``scripts/compare_methods.py`` writes: ``--import`` reads one such file and stores
@@ -59,6 +60,10 @@ def _missing(value: Any) -> bool:
 
 
 def _cell(value: Any) -> str:
+    """A table cell: ``null`` is a measurement still to make ("—"), ``""`` a cell that does
+    not apply (left empty)."""
+    if value == "":
+        return ""
     return MISSING if _missing(value) else str(value).replace("|", "\\|")
 
 

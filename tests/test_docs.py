@@ -22,6 +22,9 @@ from unittest import mock
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+
+from dpgd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -149,9 +152,11 @@ def test_every_dpgd_command_composes(page, command):
 
 
 def test_a_broken_command_fails_the_check():
-    """The check is not vacuous: a mistyped key, an unknown option and a sweep without -m fail."""
-    for broken in ("dpgd matcher.lr_image=0.4", "dpgd experiment=nosuch", "dpgd epsilon=1,10"):
-        with pytest.raises(Exception):
+    """The check is not vacuous: a mistyped key, an unknown option, a sweep without -m and a
+    combination the run refuses before reading data fail."""
+    for broken in ("dpgd matcher.lr_image=0.4", "dpgd experiment=nosuch", "dpgd epsilon=1,10",
+                   "dpgd matcher=dm epsilon=1"):
+        with pytest.raises((ConfigError, HydraException, AssertionError)):
             check_command(broken)
 
 
