@@ -15,9 +15,10 @@ seconds / peak RSS; glibc defaults: 1022 s / 3.4 GB):
   For machines with memory to spare; fragmentation makes the heap grow.
 * ``system``: glibc's defaults.
 
-The same effect made DP-GenG's evaluation up to twice as fast as NDPDC's before (its
-earlier stages had grown the heap). The stage timings of those runs include the pool-network
-change of the same issue (14).
+Under glibc's defaults the same effect makes a stage's speed depend on what ran before it
+in the process (DP-GenG's evaluation ran up to twice as fast as NDPDC's: its earlier stages
+had grown the heap). The figures above are whole runs at commit eaf873c, which also made the
+pool networks one shared family (docs/performance.md).
 
 Applied once per process by :func:`tune_for_training` (``train.run`` calls it). Linux
 with glibc only; a user's own ``MALLOC_*_`` environment settings win.

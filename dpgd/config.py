@@ -219,8 +219,8 @@ class BudgetConfig:
     # std ~20 records at epsilon 1 (1.4 points of accuracy on digits' ~1,440 train records,
     # 0.4 on cifar10-mini's 5,000; ~2.4 records at epsilon 10), so a 3-point difference is
     # found ~98 % of the time on digits; it raises the generator's and matcher's noise
-    # multipliers by ~2 %. (With the earlier release of every count, 0.05 gave a std of 69
-    # records with 3 candidates: too coarse for digits.)
+    # multipliers by ~2 %. (Releasing all 3 counts of 3 candidates at 0.05 gives a std of 69
+    # records: too coarse for digits.)
     selection: float = 0.1
 
 
@@ -255,7 +255,7 @@ class PoolNetsConfig:
     # Independently seeded networks; matching draws from all of them (others use network 0).
     # 1 (the snapshots of one network) measured as good as 3 at a third of the cost
     # (cifar10-mini dpgeng, 3 seeds: eps 1 27.68 +- 0.35 vs 28.07 +- 1.21, eps 10 32.62 +-
-    # 0.36 vs 31.05 +- 0.30; digits within one std; README "Speed").
+    # 0.36 vs 31.05 +- 0.30; digits within one std; docs/results.md).
     count: int = 1
     # Epochs on the pool (the evaluation protocol's SGD without DSA, constant lr).
     epochs: int = 15
@@ -344,7 +344,7 @@ class SelectionConfig:
 
     Whether noisy matching improves the pool's start depends on the private data (it lost
     5.6 points on digits and gained 6 on cifar10-mini at the same predicted signal-to-noise;
-    README), so the run asks the data, with DP: a fresh network is trained on each
+    docs/results.md), so the run asks the data, with DP: a fresh network is trained on each
     candidate (public work), its correct predictions on the private train split are
     counted, the gains over the start are released with Gaussian noise and the best
     candidate is kept.
@@ -359,10 +359,10 @@ class SelectionConfig:
     # epsilon 1 (noisy train accuracy 67 vs 89 / 82 %, one run).
     candidates: int = 2
     # Epochs of the network trained on each candidate (the evaluation's optimiser, DSA and
-    # batch size): enough to rank sets, not to report them. 50 (was 100) kept the sign of
+    # batch size): enough to rank sets, not to report them. 50 (against 100) kept the sign of
     # every start-vs-end margin above 1 point on the 12 candidate pairs of the selection's
     # measurement runs (cifar10-mini: 5.5-8.6 points at 50 epochs, 5.3-9.4 at 100; the count
-    # noise was 0.6 at epsilon 1) at half the stage's cost (README "DP selection").
+    # noise was 0.6 at epsilon 1) at half the stage's cost (docs/results.md "DP selection").
     epochs: int = 50
 
 
@@ -392,7 +392,7 @@ class ExpertConfig:
     # max_noise_to_signal, else the head if its is, else no fine-tuning (the expert is pool
     # network 0 and the budget is re-planned without it, after the count release).
     finetune: str = "auto"
-    # Measured (expert test accuracy against the pool network it starts from; README):
+    # Measured (expert test accuracy against the pool network it starts from; docs/results.md):
     # ratios of 1.3 and 3.0 improved the expert (digits head eps 10: 94 vs 91 %; CIFAR
     # slice all eps 10: 40 vs 27 %), 7.1 did not (digits all eps 10), 8-44 destroyed it
     # (28-63 % vs 86 % on digits, 15 vs 22 % on CIFAR at eps 1). 4 lies between.
@@ -401,7 +401,7 @@ class ExpertConfig:
     # the matching loss): weight * KL(pool class prediction || prediction on the distilled
     # image) at temperature T, plus ce_weight * cross-entropy to the label. At the matcher's
     # step 0.4 these give each image the alignment step of 1.0 / 0.1 on the mean over the
-    # 100 images of IPC 10 at step 10, where they were measured (README).
+    # 100 images of IPC 10 at step 10, where they were measured (docs/results.md).
     align_weight: float = 0.25
     ce_weight: float = 0.025
     temperature: float = 4.0

@@ -55,8 +55,8 @@ class RunRecord:
         path = private_dir(self.run_dir) / MIA_FILE
         if path.is_file():
             return read_json(path)
-        legacy = self.results.get("mia")  # runs written before the release/private split
-        return legacy if isinstance(legacy, dict) else None
+        inline = self.results.get("mia")  # a results.json that holds the attack itself (no private/)
+        return inline if isinstance(inline, dict) else None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Why: noisy matching refines the pool's k-means start, and whether that helps depends on
 the private data, not on any public quantity: on digits (a good pool) matching lost 5.6
 points at epsilon 1, on cifar10-mini (a weak pool) it gained 6, at the same predicted
-signal-to-noise (README). So the run asks the data, with DP, which point to release.
+signal-to-noise (docs/results.md). So the run asks the data, with DP, which point to release.
 
 The mechanism (ledger component ``selection``): candidates S_0..S_{K-1} are the matching
 trajectory at evenly spaced iterations (S_0 the start, the end included), all DP outputs.

@@ -328,7 +328,7 @@ def hydra_job_identity() -> JobIdentity:
 
 def write_job_file(job: JobIdentity) -> None:
     """``job.json``: the job's overrides and swept keys beside its output (job folders are
-    numbered, so the folder name no longer says what ran); read by ``scripts/summarize.py``."""
+    numbered, so the folder name does not say what ran); read by ``scripts/summarize.py``."""
     artifacts.write_json(job.output_dir / artifacts.JOB_FILE, {
         "overrides": job.overrides, "swept": job.swept, "job_num": job.job_num, "sweep_group": job.group,
     })

@@ -6,7 +6,7 @@ For each data set (digits, cifar10-mini), preset and target epsilon: the time to
 run (noise calibration, PLD), then the plan's records (counts, generator, expert, matcher)
 composed by the reported accountant (dp-accounting PLD, pessimistic, at dpgd's default
 discretisation), PLD at a fixed fine interval of 1e-5, a plain opacus PRV accountant
-(upper bound at eps_error 0.5 % of epsilon; the accountant dpgd reported before) and opacus
+(upper bound at eps_error 0.5 % of epsilon) and opacus
 RDP (the cross-check). Prints a markdown table: epsilon and seconds per accountant.
 Planning needs no data.
 """

@@ -29,7 +29,7 @@ if os.environ.get("DPGD_PRIVACY_MUTATION"):
     apply(os.environ[ENV])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cifar10_mini() -> Path:
     if not (CIFAR10_MINI / "train").is_dir():
         pytest.skip(f"the shared CIFAR-10 slice is not at {CIFAR10_MINI}")
@@ -56,7 +56,7 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def digits():
     """The embedded digits data set, loaded once."""
     from dpgd.config import DatasetConfig
@@ -65,7 +65,7 @@ def digits():
     return load_dataset(DatasetConfig(name="digits"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def dp_inputs(digits):
     """What a DP stage needs besides its data, for unit tests: noise from the public seed
     (reproducible: NOT DP, fine in a test) and the exact digits counts."""

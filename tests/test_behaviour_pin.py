@@ -2,16 +2,9 @@
 
 With ``reproducible_noise=true`` (noise from the public seed: deterministic, NOT DP) and one
 torch thread, a run on this machine is bit-for-bit repeatable, so the test accuracy of each
-evaluation model, the released counts and the ledger are pinned as measured when the
-numbers were recorded (after the privacy fixes of issue 12; dpgeng re-pinned when the pool
-networks became one shared family, issue 14: the pool report, k-means embedding and expert
-start are now pool network 0; when expert.finetune=auto became the default, issue 15: this
-tiny run's predicted noise-to-signal picks head fine-tuning; and when the planner moved from
-opacus PRV to dp-accounting PLD, issue 17: every noise multiplier ~0.5 % lower, the code
-unchanged; and when the DP selection became the default, issue 15: the pin without it
-stays; its select record re-pinned when the selection released the gain over the start
-instead of both counts: same choice, same accuracies). A change that alters them
-changes what the method computes: rerun and update the pins only when that is intended.
+evaluation model, the released counts and the ledger are pinned. A change that alters them
+changes what the method computes: rerun and update the pins only when that is intended, and
+say in the commit what changed and why.
 """
 
 from __future__ import annotations
@@ -25,9 +18,8 @@ PIN = ["logger=none", "reproducible_noise=true", "evaluation.epochs=20", "evalua
        "pool_nets.epochs=3", "expert.steps=10", "generator.pool_per_class=40", "expert.reference_per_class=20",
        "selection.epochs=20"]
 
-# Each pinned case: the overrides after PIN. "dpgeng_no_selection" is the DP-GenG pin from
-# before the DP selection (issue 15): its code paths, with the selection switched off,
-# still compute exactly what they did.
+# Each pinned case: the overrides after PIN. "dpgeng_no_selection" pins DP-GenG's code paths
+# with the DP selection switched off.
 CASES = {
     "dpgeng": ["experiment=dpgeng"],
     "dpgeng_no_selection": ["experiment=dpgeng", "selection=none"],

@@ -131,8 +131,8 @@ def test_a_truncated_image_is_named_in_one_line(tmp_path, cifar10_mini):
 
 
 def test_a_sweep_with_thirty_overrides_runs_in_numbered_job_folders(tmp_path, compose):
-    """Job folders used to be named from every override; 30 overrides outgrew the file
-    system's 255 characters (OSError: File name too long)."""
+    """Job folders are numbered: a folder named from every override outgrows the file
+    system's 255 characters at 30 overrides (OSError: File name too long)."""
     cfg = compose("experiment=ndpdc")
     keys = [f"{section}.{key}" for section in ("logger", "evaluation", "matcher", "init", "expert", "pool_nets")
             for key, value in OmegaConf.to_container(cfg[section]).items()

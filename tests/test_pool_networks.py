@@ -1,4 +1,4 @@
-"""The pool networks (issue 14): one family, trained once per pool, shared by every stage."""
+"""The pool networks: one family, trained once per pool, shared by every stage."""
 
 from __future__ import annotations
 

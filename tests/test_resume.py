@@ -1,4 +1,4 @@
-"""Resume after a kill (issue 16): an interrupted run, rerun into its folder, releases what
+"""Resume after a kill: an interrupted run, rerun into its folder, releases what
 the uninterrupted run releases, spends no budget twice, and refuses a changed config.
 
 The in-process tests interrupt matching by raising from the iteration callback (the state

@@ -10,7 +10,7 @@ add/remove adjacency, self-composed ``steps`` times; the records are composed an
 epsilon read at ``delta``. The PESSIMISTIC estimate is reported: an upper bound on
 epsilon at any discretisation (probability mass that is rounded or truncated moves
 towards more privacy loss). At the default discretisation it exceeds the exact value by
-well under 0.1% (README: against finer grids and opacus's PRV). RDP (opacus) is the
+well under 0.1% (docs/performance.md: against finer grids and opacus's PRV). RDP (opacus) is the
 independent, looser cross-check: both bound the same epsilon from above, so RDP coming
 out more than ``DISAGREEMENT_REL`` below PLD can only be a bug.
 
