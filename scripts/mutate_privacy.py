@@ -75,7 +75,7 @@ def pytest_run(mutation: str | None, targets: list[str], timeout: float) -> tupl
     with tempfile.TemporaryDirectory() as folder:
         report, output = Path(folder) / "report.xml", Path(folder) / "output.txt"
         pid = os.fork()
-        if pid == 0:  # the child: one pytest session, then exit without returning
+        if pid == 0:  # the child: one pytest run, then exit without returning
             code = 3
             try:
                 descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
