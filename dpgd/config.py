@@ -395,14 +395,17 @@ class ExpertConfig:
     # slice all eps 10: 40 vs 27 %), 7.1 did not (digits all eps 10), 8-44 destroyed it
     # (28-63 % vs 86 % on digits, 15 vs 22 % on CIFAR at eps 1). 4 lies between.
     max_noise_to_signal: float = 4.0
-    # ncm (with public knowledge, public=folder; auto's third option): one Gaussian release of
+    # lda (with public knowledge, public=folder; auto's third option): one Gaussian release of
     # the per-class sums of the private records' public embedding (the pretrained network's
-    # centred unit features on the leading principal components of the PUBLIC pool), and a
-    # nearest-noisy-class-mean head on the public network. Components kept: the noise norm
-    # of a class mean grows with sqrt(dims) while most of the class signal sits in the first
-    # few tens of public components; 32 puts the predicted noise-to-signal of cifar10-mini
-    # at epsilon 1 far below max_noise_to_signal.
-    ncm_dims: int = 32
+    # centred unit features on the leading principal components of the PUBLIC pool), turned
+    # into a linear-discriminant head on the public network with the public labels'
+    # within- and between-class covariances (dpgd.expert.train_lda_expert). Components
+    # kept: all 256 of the embedding; the shrinkage by the public between-class covariance
+    # damps the noisy directions, so no cut-off is needed (cifar10-mini, noise draws of a dev
+    # check, docs/public-knowledge.md: 64, 128 and 256 within noise of each other at epsilon 1,
+    # 256 best at 10). The noise-to-signal the rule reads, sigma sqrt(dims) / (N/K), is then
+    # 0.37 on cifar10-mini at epsilon 1, far below max_noise_to_signal.
+    lda_dims: int = 256
     # Alignment loss during matching: weight * KL(pool class prediction || prediction on the
     # distilled image) at temperature T, plus ce_weight * cross-entropy to the label.
     align_weight: float = 1.0
@@ -458,7 +461,7 @@ class PublicConfig:
     """Public knowledge (dpgd.public): a folder of images the user declares public, and a
     network of the run's architecture pretrained on it. Used where the paper uses public
     knowledge: PE's candidates and votes, the start of the pool networks (hence of the
-    expert and the k-means embedding) and the expert's private step (expert.finetune=ncm).
+    expert and the k-means embedding) and the expert's private step (expert.finetune=lda).
     Nothing here reads private data or spends budget; the pool's fingerprint and image
     count are recorded in results.json (privacy.public_assumptions)."""
 

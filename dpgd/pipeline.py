@@ -34,7 +34,7 @@ from dpgd.errors import ConfigError
 from dpgd.budget import replan_without, sample_rates_for
 from dpgd.expert import (
     Expert, ExpertAlignment, FinetuneChoice, choose_finetuning, pool_accuracy, pool_expert, train_expert,
-    train_ncm_expert,
+    train_lda_expert,
 )
 from dpgd.models import build_model
 from dpgd.generators import Pool, declare_pool, generate_pool, pool_report
@@ -226,6 +226,8 @@ def distill(
     if pool is not None and metrics is not None and cfg.generator.report:
         report = pool_report(pool, dataset, None if networks is None else networks.final())
         metrics["generate"] = {"pool_size": len(pool.labels), "pool_test_acc": report["pool_test_acc"]}
+        if pool.info.get("source") == "public":  # PE's rounds: post-processing of its noisy histograms
+            metrics["generate"].update({key: pool.info[key] for key in ("rounds", "distinct_per_class")})
         tracker.log("generate", {"pool_test_acc": report["pool_test_acc"] or float("nan"),
                                  "pool_size": len(pool.labels)}, step=0)
         if report["grid"] is not None:
@@ -360,20 +362,20 @@ def plan_expert(cfg: TrainConfig, dataset: ImageDataset, plan: NoisePlan | None,
     """Resolve ``expert.finetune`` from public quantities, right after the count release and
     before any other DP stage: when the rule switches fine-tuning off, the expert's share
     is re-planned onto the other components (the released count record stays fixed); when
-    it picks the nearest-noisy-class-mean head (public knowledge only), the expert's share
-    is re-planned for that one release."""
+    it picks the linear-discriminant head from noisy class means (public knowledge only),
+    the expert's share is re-planned for that one release."""
     sigmas = [] if plan is None else plan.schedule_for("expert")
     model = build_model(cfg.model, dataset.channels, dataset.num_classes, dataset.image_size)
-    ncm_sigma, ncm_plan = None, None
+    lda_sigma, lda_plan = None, None
     if public is not None:
-        ncm_cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, finetune="ncm"))
-        ncm_plan = None if plan is None else replan_without(ncm_cfg, plan, None)
-        ncm_sigma = 0.0 if ncm_plan is None else ncm_plan.schedule_for("expert")[0]
-    choice = choose_finetuning(cfg.expert, sigmas, model, counts.total, ncm_sigma, dataset.num_classes)
-    if choice.finetune == "ncm":
-        log.info("expert: nearest-noisy-class-mean head on the public embedding (predicted noise-to-signal %.3g)",
-                 choice.noise_to_signal["ncm"])
-        return (plan if ncm_plan is None else ncm_plan), choice
+        lda_cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, finetune="lda"))
+        lda_plan = None if plan is None else replan_without(lda_cfg, plan, None)
+        lda_sigma = 0.0 if lda_plan is None else lda_plan.schedule_for("expert")[0]
+    choice = choose_finetuning(cfg.expert, sigmas, model, counts.total, lda_sigma, dataset.num_classes)
+    if choice.finetune == "lda":
+        log.info("expert: predicted noise-to-signal %s -> a linear-discriminant head from noisy class means on the "
+                 "public embedding", ", ".join(f"{k} {v:.3g}" for k, v in choice.noise_to_signal.items()))
+        return (plan if lda_plan is None else lda_plan), choice
     log.info("expert: predicted noise-to-signal of a DP-SGD step %s -> fine-tune %s",
              ", ".join(f"{k} {v:.3g}" for k, v in choice.noise_to_signal.items()), choice.finetune)
     if choice.finetune == "none" and plan is not None:
@@ -440,10 +442,10 @@ def build_alignment(
         expert = pool_expert(networks.final())
         accuracy = pool_accuracy(expert, dataset) if metrics is not None else None
         ctx.save("expert", {**expert.to_payload(), "test_acc": accuracy})
-    elif saved is None and finetune is not None and finetune.finetune == "ncm":
-        assert public is not None  # plan_expert offers ncm only with public knowledge
+    elif saved is None and finetune is not None and finetune.finetune == "lda":
+        assert public is not None  # plan_expert offers lda only with public knowledge
         releases = ReleaseLog("expert")
-        expert = train_ncm_expert(cfg.expert, public, dataset, None if noise_multiplier is None else noise_multiplier[0],
+        expert = train_lda_expert(cfg.expert, public, dataset, None if noise_multiplier is None else noise_multiplier[0],
                                   pool.images, pool.labels, noise=ctx.noise, counts=counts, seed=ctx.seed,
                                   releases=releases)
         releases.check(planned_records(plan, "expert"))

@@ -182,11 +182,11 @@ def check_public_settings(cfg: TrainConfig) -> None:
         if cfg.matcher.release == "once":
             raise ConfigError("matcher.release=once releases one target per pool-trained extractor; use "
                               "matcher.release=per_iteration with matcher.extractors=public.")
-    if cfg.expert.name == "dp_sgd" and cfg.expert.finetune == "ncm":
+    if cfg.expert.name == "dp_sgd" and cfg.expert.finetune == "lda":
         if public == "none":
-            raise ConfigError(f"expert.finetune=ncm releases class means in the public network's embedding; {need}.")
-    if cfg.expert.name == "dp_sgd" and not 1 <= cfg.expert.ncm_dims <= EMBED_DIM:
-        raise ConfigError(f"expert.ncm_dims={cfg.expert.ncm_dims} must lie in [1, {EMBED_DIM}] (the public "
+            raise ConfigError(f"expert.finetune=lda releases class means in the public network's embedding; {need}.")
+    if cfg.expert.name == "dp_sgd" and not 1 <= cfg.expert.lda_dims <= EMBED_DIM:
+        raise ConfigError(f"expert.lda_dims={cfg.expert.lda_dims} must lie in [1, {EMBED_DIM}] (the public "
                           "embedding's principal components).")
 
 

@@ -21,7 +21,7 @@ from dpgd.config import ExpertConfig, GeneratorConfig, ModelConfig, PeConfig, Pu
 from dpgd.counts import release_class_counts
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError, DataNotFoundError, DpgdError
-from dpgd.expert import choose_finetuning, privacy_request as expert_request, train_ncm_expert
+from dpgd.expert import choose_finetuning, privacy_request as expert_request, train_lda_expert
 from dpgd.generators import generate_pool, pe
 from dpgd.generators.pe_public import PublicPoolSource, neighbour_schedule
 from dpgd.models import build_model
@@ -124,7 +124,7 @@ def test_public_settings_are_judged_before_any_data_is_read(compose, public_root
         ("experiment=ndpdc_public", f"public.root={public_root}", "public.epochs=2", "public.snapshots=3"):
             "must be at least public.snapshots",
         ("matcher.extractors=public",): "public=folder",
-        ("expert.finetune=ncm",): "public=folder",
+        ("expert.finetune=lda",): "public=folder",
         ("generator=pe", "generator.pe.source=public"): "public=folder",
         ("experiment=dpgeng_public", f"public.root={public_root}", "public.weights=/no/such/file"): "is not a file",
     }
@@ -289,31 +289,31 @@ def test_noiseless_votes_choose_public_images_of_the_private_class(digits, dp_in
 # ------------------------------------------------------------------ the expert
 
 
-def test_the_auto_rule_offers_the_class_mean_head_only_with_public_knowledge(digits):
+def test_the_auto_rule_offers_the_discriminant_head_only_with_public_knowledge(digits):
     model = build_model(ModelConfig(), 1, 10, (8, 8))
     cfg = ExpertConfig()
     assert choose_finetuning(cfg, [50.0], model, 1400).finetune == "none"
-    choice = choose_finetuning(cfg, [50.0], model, 1400, ncm_sigma=20.0, classes=10)
-    assert choice.finetune == "ncm" and choice.noise_to_signal["ncm"] == pytest.approx(20 * 32**0.5 / 140)
-    assert choose_finetuning(cfg, [0.1], model, 1400, ncm_sigma=0.1, classes=10).finetune == "all"
-    assert choose_finetuning(cfg, [50.0], model, 1400, ncm_sigma=500.0, classes=10).finetune == "none"
-    assert expert_request(dataclasses.replace(cfg, finetune="ncm")).mechanisms(3.0) == (
+    choice = choose_finetuning(cfg, [50.0], model, 1400, lda_sigma=20.0, classes=10)
+    assert choice.finetune == "lda" and choice.noise_to_signal["lda"] == pytest.approx(20 * 256**0.5 / 140)
+    assert choose_finetuning(cfg, [0.1], model, 1400, lda_sigma=0.1, classes=10).finetune == "all"
+    assert choose_finetuning(cfg, [50.0], model, 1400, lda_sigma=500.0, classes=10).finetune == "none"
+    assert expert_request(dataclasses.replace(cfg, finetune="lda")).mechanisms(3.0) == (
         SubsampledGaussian("expert", 3.0, 1.0, 1, "one record adds its public-embedding projection (norm <= 1) to "
                            "its own class's sum: L2 sensitivity 1"),)
 
 
-def test_the_class_mean_expert_is_one_release_and_classifies(digits, knowledge):
+def test_the_discriminant_expert_is_one_release_and_classifies(digits, knowledge):
     counts = release_class_counts(digits.train_labels, 10, None, torch.Generator())
     releases = ReleaseLog("expert")
-    cfg = ExpertConfig(finetune="ncm", ncm_dims=16)
+    cfg = ExpertConfig(finetune="lda", lda_dims=16)
     pool_images, pool_labels = digits.test_images[:200], digits.test_labels[:200]  # stands in for a DP pool
-    expert = train_ncm_expert(cfg, knowledge, digits, 2.0, pool_images, pool_labels,
+    expert = train_lda_expert(cfg, knowledge, digits, 2.0, pool_images, pool_labels,
                               noise=NoiseSource.from_public_seed(0), counts=counts, seed=0, releases=releases)
     assert releases.sigmas == [2.0] and expert.info["steps"] == 1.0
     from dpgd.expert import pool_accuracy
 
     assert pool_accuracy(expert, digits) > 50.0  # chance: 10 %
-    exact = train_ncm_expert(cfg, knowledge, digits, None, pool_images, pool_labels,
+    exact = train_lda_expert(cfg, knowledge, digits, None, pool_images, pool_labels,
                              noise=NoiseSource.from_public_seed(0), counts=counts, seed=0)
     assert pool_accuracy(exact, digits) > 50.0
 
@@ -327,7 +327,7 @@ def test_dpgeng_public_end_to_end_records_the_public_pool(compose, public_root, 
 
     result = run(compose("experiment=dpgeng_public", f"public.root={public_root}", "public.epochs=3",
                          "public.min_images=50", "model.width=16", "debug=tiny", "logger=none",
-                         "selection=none", "expert.finetune=ncm", "generator.pe.population=12",
+                         "selection=none", "expert.finetune=lda", "generator.pe.population=12",
                          "generator.pe.neighbours_start=20", "generator.pe.neighbours_end=4",
                          "generator.pe.rounds=2"), tmp_path / "run")
     privacy = result.results["privacy"]
@@ -337,7 +337,7 @@ def test_dpgeng_public_end_to_end_records_the_public_pool(compose, public_root, 
     components = {m["component"]: m for m in privacy["mechanisms"]}
     assert components["generator"]["steps"] == 2 and components["generator"]["sample_rate"] == 1.0
     assert components["expert"]["steps"] == 1 and components["expert"]["sample_rate"] == 1.0
-    assert privacy["epsilon"] <= 1.0 and result.results["stages"]["expert"]["finetune"] == "ncm"
+    assert privacy["epsilon"] <= 1.0 and result.results["stages"]["expert"]["finetune"] == "lda"
     assert result.diagnostics["public"]["pretrain_cache_hit"] is False
     assert "public" in result.diagnostics["timings_s"]
 

@@ -12,8 +12,9 @@ paper uses public knowledge:
 * the pool networks start from the pretrained features (:meth:`PublicKnowledge.weights`),
   so do the expert and the k-means embedding, which use pool network 0;
 * ``matcher.extractors=public`` matches through the pretraining's snapshots;
-* ``expert.finetune=ncm`` releases noisy class sums in the public embedding's leading
-  principal components (:mod:`dpgd.expert`).
+* ``expert.finetune=lda`` releases noisy class sums in the public embedding and scores
+  classes with the public labels' within- and between-class covariances
+  (:func:`dpgd.expert.train_lda_expert`).
 
 The embedding: the pretrained network's features, centred by their mean over the public
 pool, scaled to unit norm, and projected on the leading principal components of the public
@@ -45,7 +46,7 @@ log = logging.getLogger("dpgd")
 # nearly all of the variance of a 2,048-value ConvNet feature map at an eighth of the cost.
 EMBED_DIM = 256
 EMBED_BATCH = 512
-EMBED_VERSION = 2
+EMBED_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,13 @@ class PublicKnowledge:
     # Variance of the public (centred, unit) features along each component.
     spectrum: torch.Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
     # Median norm of the public pool's centred raw features: the public scale that turns a
-    # head on raw features into one on (about) unit features (expert.finetune=ncm).
+    # head on raw features into one on (about) unit features (expert.finetune=lda).
     scale: float = 1.0
+    # Within- and between-class covariances of the embedding over the public labels with at
+    # least public.min_per_label images (both the total covariance when there are fewer
+    # than two such labels, e.g. a flat folder with public.weights).
+    within: torch.Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
+    between: torch.Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
     info: dict[str, Any] = field(default_factory=dict)
 
     def images(self, index: torch.Tensor | None = None) -> torch.Tensor:
@@ -115,6 +121,10 @@ class PublicKnowledge:
 
     def embed(self, images: torch.Tensor, dims: int | None = None) -> torch.Tensor:
         return self.project(self.features(images), dims)
+
+    def covariances(self, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The public within- and between-class covariances on the first ``dims`` components."""
+        return self.within[:dims, :dims], self.between[:dims, :dims]
 
     def neighbours(self, index: torch.Tensor, k: int) -> torch.Tensor:
         """``(len(index), k)`` pool indices: the ``k`` nearest pool images of each given pool
@@ -157,7 +167,7 @@ def prepare_public(cfg: PublicConfig, shape: PublicShape, model_cfg: ModelConfig
                            cache_dir=cache_dir if cfg.cache else None, progress=progress)
     knowledge = PublicKnowledge(pool, network, shape, model_cfg, device)
     embedded = time.perf_counter()
-    _fit_embedding(knowledge, cache_dir if cfg.cache else None)
+    _fit_embedding(knowledge, cache_dir if cfg.cache else None, cfg.min_per_label)
     knowledge.info = {
         "load_seconds": round(loaded - started, 3),
         "pretrain_seconds": float(network.info.get("seconds", 0.0)) if not network.info.get("cache_hit") else 0.0,
@@ -170,10 +180,11 @@ def prepare_public(cfg: PublicConfig, shape: PublicShape, model_cfg: ModelConfig
     return knowledge
 
 
-def _fit_embedding(knowledge: PublicKnowledge, cache_dir: Path | None) -> None:
-    """Centre, principal components and the pool's embedding (cached beside the network)."""
+def _fit_embedding(knowledge: PublicKnowledge, cache_dir: Path | None, min_per_label: int) -> None:
+    """Centre, principal components, the pool's embedding and its class covariances (cached
+    beside the network)."""
     key = hashlib.sha256(f"{EMBED_VERSION}|{knowledge.network.key}|{knowledge.pool.fingerprint}|"
-                         f"{knowledge.shape}".encode()).hexdigest()
+                         f"{knowledge.shape}|{min_per_label}".encode()).hexdigest()
     path = None if cache_dir is None else Path(cache_dir) / "public" / f"embedding-{key[:32]}.pt"
     if path is not None and path.is_file():
         try:
@@ -182,6 +193,7 @@ def _fit_embedding(knowledge: PublicKnowledge, cache_dir: Path | None) -> None:
                 knowledge.center, knowledge.components = data["center"], data["components"]
                 knowledge.spectrum, knowledge.embedding = data["spectrum"], data["embedding"]
                 knowledge.scale = float(data["scale"])
+                knowledge.within, knowledge.between = data["within"], data["between"]
                 knowledge.info["embed_cache_hit"] = True
                 return
         except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError) as exc:
@@ -204,9 +216,34 @@ def _fit_embedding(knowledge: PublicKnowledge, cache_dir: Path | None) -> None:
     knowledge.spectrum = values[order].clamp(min=0.0).float()
     knowledge.embedding = (unit @ components.T).float().contiguous()
     knowledge.scale = float((raw - center).norm(dim=1).median())
+    knowledge.within, knowledge.between = class_covariances(knowledge.embedding, knowledge.pool, min_per_label)
     knowledge.info["embed_cache_hit"] = False
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"key": key, "center": knowledge.center, "components": knowledge.components,
                            "spectrum": knowledge.spectrum, "embedding": knowledge.embedding,
-                           "scale": knowledge.scale}, path)
+                           "scale": knowledge.scale, "within": knowledge.within, "between": knowledge.between},
+                          path)
+
+
+def class_covariances(embedding: torch.Tensor, pool: PublicPool, min_per_label: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Within-class covariance (pooled over the labels) and between-class covariance (of the
+    label means) of the embedding, over labels with at least ``min_per_label`` images; the
+    total covariance for both when fewer than two labels qualify."""
+    counts = pool.label_counts()
+    keep = [i for i, name in enumerate(pool.label_names) if name and int(counts[i]) >= min_per_label]
+    data = embedding.double()
+    if len(keep) < 2:
+        centred = data - data.mean(0)
+        total = (centred.T @ centred / data.shape[0]).float()
+        return total, total.clone()
+    rows = torch.isin(pool.labels, torch.tensor(keep))
+    labels, points = pool.labels[rows], data[rows]
+    means = torch.zeros(len(pool.label_names), data.shape[1], dtype=torch.float64).index_add_(0, labels, points)
+    means = means / counts.clamp(min=1).double()[:, None]
+    residual = points - means[labels]
+    within = residual.T @ residual / points.shape[0]
+    label_means = means[torch.tensor(keep)]
+    centred = label_means - label_means.mean(0)
+    between = centred.T @ centred / len(keep)
+    return within.float(), between.float()
