@@ -11,6 +11,12 @@ and resuming off so every stage does its work. Stage seconds and peak memory com
 run's ``private/diagnostics.json``; "process" is the wall time of the whole command
 (imports and writing included). Run it on an otherwise idle machine, before and after a
 change to a hot path, and put both tables in the change's note.
+
+Methods with public knowledge (``*_public``) get ``public.root=--public-root`` (default
+../shared/data/public32). Their ``public`` stage is the per-run cost (decoding the pool,
+loading the cached network and embedding) unless ``--cold-public`` gives each an empty
+cache folder, when it also holds the one-time pretraining and embedding; a line per
+method splits the two. PE is the ``generate`` stage of ``dpgeng_public``.
 """
 
 from __future__ import annotations
