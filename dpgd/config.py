@@ -144,8 +144,12 @@ class DpSgdConfig:
 class PeConfig:
     """Private Evolution (Lin et al., ICLR 2024): noisy nearest-neighbour votes on candidates."""
 
-    # public_folder (images the user declares public) | diffusers (a local pretrained model)
-    source: str = "public_folder"
+    # auto (public when the run has public knowledge, public=folder; else public_folder) |
+    # public (the run's public pool and network: random API = pool images, variation API =
+    # nearest public neighbours in the public embedding; dpgd.generators.pe_public) |
+    # public_folder (a folder of its own, pe.public_root, with affine variations) |
+    # diffusers (a local pretrained model)
+    source: str = "auto"
     # public_folder: folder of public images (class subfolders or flat); labels are ignored.
     public_root: Optional[str] = None
     # diffusers: local folder of a saved UNet2DModel (+ scheduler), e.g. a DDPMPipeline.
@@ -158,9 +162,11 @@ class PeConfig:
     rounds: int = 5
     # Candidates per class per round. Votes per bin ~ N_c / population must clear the noise.
     population: int = 200
-    # Voting space: random_convnet (a fixed, randomly initialised ConvNet: data-independent
-    # and less pixel-literal) | pixels.
-    embedding: str = "random_convnet"
+    # Voting space: auto (public_net with public knowledge, else random_convnet) | public_net
+    # (the public network's embedding: semantic neighbours) | random_convnet (a fixed,
+    # randomly initialised ConvNet: data-independent and less pixel-literal) | pixels.
+    # source=public always votes in the public embedding.
+    embedding: str = "auto"
     # Noisy counts below threshold x sigma are zeroed: an empty bin passes 2 sigma w.p. 2.3%.
     threshold: float = 2.0
     # Variation strength in [0, 1], decreasing linearly over rounds (coarse to fine), as in PE.
@@ -168,6 +174,16 @@ class PeConfig:
     strength_end: float = 0.3
     # public_folder variations: std of Gaussian pixel noise in [0, 1] units at strength 1.
     pixel_noise: float = 0.05
+    # source=public: round-0 candidates. clusters (the pool image nearest each of
+    # `population` k-means centres of the public embedding: an even cover of the pool, the
+    # same for every class) | random (uniform pool draws per class, PE's random API).
+    initial: str = "clusters"
+    # source=public: the variation API picks one of the k nearest public neighbours of a
+    # kept candidate, k shrinking geometrically from neighbours_start (after round 1) to
+    # neighbours_end (the final pool's neighbourhoods): coarse to fine, as Sim-PE's
+    # 1000 -> 20 over a 50k-image simulator; here 21k images and few rounds.
+    neighbours_start: int = 100
+    neighbours_end: int = 10
 
 
 @dataclass
@@ -397,6 +413,17 @@ class ExpertConfig:
     # slice all eps 10: 40 vs 27 %), 7.1 did not (digits all eps 10), 8-44 destroyed it
     # (28-63 % vs 86 % on digits, 15 vs 22 % on CIFAR at eps 1). 4 lies between.
     max_noise_to_signal: float = 4.0
+    # lda (with public knowledge, public=folder; auto's third option): one Gaussian release of
+    # the per-class sums of the private records' public embedding (the pretrained network's
+    # centred unit features on the leading principal components of the PUBLIC pool), turned
+    # into a linear-discriminant head on the public network with the public labels'
+    # within- and between-class covariances (dpgd.expert.train_lda_expert). Components
+    # kept: all 256 of the embedding; the shrinkage by the public between-class covariance
+    # damps the noisy directions, so no cut-off is needed (cifar10-mini, noise draws of a dev
+    # check, docs/public-knowledge.md: 64, 128 and 256 within noise of each other at epsilon 1,
+    # 256 best at 10). The noise-to-signal the rule reads, sigma sqrt(dims) / (N/K), is then
+    # 0.37 on cifar10-mini at epsilon 1, far below max_noise_to_signal.
+    lda_dims: int = 256
     # Alignment loss during matching, summed over the distilled images (per-image units, as
     # the matching loss): weight * KL(pool class prediction || prediction on the distilled
     # image) at temperature T, plus ce_weight * cross-entropy to the label. At the matcher's
@@ -451,6 +478,54 @@ class LoggerConfig:
 
 
 @dataclass
+class PublicConfig:
+    """Public knowledge (dpgd.public): a folder of images the user declares public, and a
+    network of the run's architecture pretrained on it. Used where the paper uses public
+    knowledge: PE's candidates and votes, the start of the pool networks (hence of the
+    expert and the k-means embedding) and the expert's private step (expert.finetune=lda).
+    Nothing here reads private data or spends budget; the pool's fingerprint and image
+    count are recorded in results.json (privacy.public_assumptions)."""
+
+    # none (the default: nothing public fits 8x8 greyscale digits) | folder
+    name: str = "none"
+    # folder: any image tree, any size; images are resized (shorter side, centre crop) and
+    # converted to the private data's size and channels. Subfolder paths are the labels
+    # of public pretraining (e.g. tinyimagenet/<wnid>/*.png); files directly under root
+    # are unlabelled. Never private data (e.g. never CIFAR for a CIFAR run).
+    root: Optional[str] = None
+    # Refuse a pool with fewer readable images (checked before any budget is spent): PE
+    # needs candidates and pretraining needs examples; 100 keeps tiny test pools legal.
+    min_images: int = 100
+    # A user's own pretrained weights for the run's architecture (a state dict saved with
+    # torch.save; the classifier's weights, if any, are ignored): used instead of public
+    # pretraining. null: pretrain on the folder's labels (cached).
+    weights: Optional[str] = None
+    # Labels (subfolders) with fewer images are not classes of the pretraining: a class of
+    # one image (public32's 1,000 imagenet-sample folders) teaches the network to recall
+    # that image, and a thousand of them would make the head mostly memorisation. Their
+    # images stay in the pool (PE candidates, neighbours). 10: far below Tiny-ImageNet's
+    # 100 a class, far above a sample's 1.
+    min_per_label: int = 10
+    # Pretraining: epochs of SGD on the labelled public images with random flips and
+    # shifts. The evaluation's optimiser (lr 0.01, momentum 0.9, wd 5e-4, batch 256, lr/10
+    # at half-time). 8 epochs of this ConvNet on public32's 202 Tiny-ImageNet labels (~18
+    # CPU-minutes on one thread) gave features whose non-private linear probe scores 54.1 %
+    # on cifar10-mini; more epochs are a one-time cost (cached).
+    epochs: int = 10
+    lr: float = 0.01
+    batch_size: int = 256
+    # Snapshots kept at evenly spaced epochs (the last is the pretrained network):
+    # matcher.extractors=public draws from all of them, as pool-trained extractors do.
+    snapshots: int = 3
+    # The public seed of pretraining (initial weights, batches, flips): fixed, not the run
+    # seed, so runs with different seeds share one cached network.
+    seed: int = 0
+    # Reuse a network pretrained on the same files with the same settings and code:
+    # stored under <generator cache folder>/public/ (the files are public: plain hashes).
+    cache: bool = True
+
+
+@dataclass
 class TrainConfig:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
@@ -463,6 +538,7 @@ class TrainConfig:
     evaluation: EvaluationConfig = MISSING
     mia: MiaConfig = MISSING
     logger: LoggerConfig = MISSING
+    public: PublicConfig = MISSING
     # Not a group (one option): the networks trained on the DP pool.
     pool_nets: PoolNetsConfig = field(default_factory=PoolNetsConfig)
     # Total privacy budget (epsilon, delta) of the whole release; epsilon=inf is a
@@ -510,6 +586,7 @@ SCHEMAS: dict[str, type] = {
     "evaluation": EvaluationConfig,
     "mia": MiaConfig,
     "logger": LoggerConfig,
+    "public": PublicConfig,
 }
 
 

@@ -34,6 +34,7 @@ from dpgd.errors import ConfigError
 from dpgd.budget import matching_information, replan_without, sample_rates_for
 from dpgd.expert import (
     Expert, ExpertAlignment, FinetuneChoice, choose_finetuning, pool_accuracy, pool_expert, train_expert,
+    train_lda_expert,
 )
 from dpgd.models import build_model
 from dpgd.generators import Pool, declare_pool, generate_pool, pool_report
@@ -45,6 +46,7 @@ from dpgd.matching import (
 from dpgd.pool_networks import PoolNetworks, train_pool_networks
 from dpgd.privacy import NoisePlan, PrivacyLedger, ReleaseLog, SubsampledGaussian, declare_planned
 from dpgd.privacy.randomness import NoiseSource
+from dpgd.public import PublicKnowledge, PublicShape, prepare_public
 from dpgd.seeding import stage_generator
 from dpgd import selection
 from dpgd.selection import Selection
@@ -122,6 +124,10 @@ class Release:
     match_stats: MatchingStats | None = None
     # The DP selection's released accuracies and choice (None when it did not run).
     selection: Selection | None = None
+    # The public pool the run used (public=folder: root, fingerprint, image count; public
+    # data, recorded in results.json) and its stage's private diagnostics (seconds, caches).
+    public: dict[str, Any] | None = None
+    public_diagnostics: dict[str, Any] | None = None
 
 
 def run_noise(cfg: TrainConfig) -> NoiseSource:
@@ -180,6 +186,13 @@ def distill(
                      checkpoints=checkpoints)
     check_stage_combinations(cfg)  # train.run judged it already; shadow runs and library callers too
     check_init(cfg.init, cfg.generator.name, dataset.image_size)
+    public = None
+    if cfg.public.name != "none":
+        # Public inputs only (the folder, the architecture, the data set's public shape),
+        # before the first release: a bad public folder never costs budget.
+        with timer.stage("public"):
+            public = prepare_public(cfg.public, PublicShape.of(dataset), cfg.model, device=ctx.device,
+                                    cache_dir=resolve_cache_dir(cfg.generator.cache_dir), progress=ctx.progress)
     with timer.stage("counts"):
         saved = ctx.load("counts")
         if saved is None:
@@ -191,7 +204,7 @@ def distill(
     cfg, plan = rates_from_counts(cfg, plan, counts)
     finetune = None
     if cfg.expert.name == "dp_sgd":
-        plan, finetune = plan_expert(cfg, dataset, plan, counts)
+        plan, finetune = plan_expert(cfg, dataset, plan, counts, public=public)
     if metrics is not None and plan is not None and cfg.matcher.name == "dp_feature":
         # Public: the plan and the released counts (a non-private run has no noise to report).
         metrics["match"] = matching_diagnostics(cfg, dataset, plan, counts)
@@ -202,7 +215,8 @@ def distill(
             if saved is None:
                 pool = generate_pool(cfg.generator, dataset, planned_multiplier(plan, "generator"), ledger,
                                      private=is_private(cfg), seed=ctx.seed, device=ctx.device, noise=ctx.noise,
-                                     counts=counts, progress=ctx.progress, curve=ctx.tracker.curve("generate"))
+                                     counts=counts, progress=ctx.progress, curve=ctx.tracker.curve("generate"),
+                                     public=public)
                 ctx.save("generate", pool.to_payload())
             else:
                 pool = Pool.from_payload(saved)
@@ -211,10 +225,12 @@ def distill(
     count = pool_networks_needed(cfg, report=metrics is not None)
     if pool is not None and count:
         with timer.stage("pool_nets"):
-            networks = build_pool_networks(cfg, dataset, pool, count, ctx)
+            networks = build_pool_networks(cfg, dataset, pool, count, ctx, public=public)
     if pool is not None and metrics is not None and cfg.generator.report:
         report = pool_report(pool, dataset, None if networks is None else networks.final())
         metrics["generate"] = {"pool_size": len(pool.labels), "pool_test_acc": report["pool_test_acc"]}
+        if pool.info.get("source") == "public":  # PE's rounds: post-processing of its noisy histograms
+            metrics["generate"].update({key: pool.info[key] for key in ("rounds", "distinct_per_class")})
         tracker.log("generate", {"pool_test_acc": report["pool_test_acc"] or float("nan"),
                                  "pool_size": len(pool.labels)}, step=0)
         if report["grid"] is not None:
@@ -240,7 +256,7 @@ def distill(
         with timer.stage("expert"):
             assert networks is not None  # pool_networks_needed: the expert starts from network 0
             alignment = build_alignment(cfg, dataset, pool, networks, plan, ledger, ctx, counts=counts,
-                                        metrics=metrics, finetune=finetune)
+                                        metrics=metrics, finetune=finetune, public=public)
 
     match_stats = None
     candidates: dict[int, DistilledSet] = {}
@@ -249,8 +265,9 @@ def distill(
             saved = ctx.load("match")
             if saved is None:
                 start = distilled
-                distilled, match_stats, snapshots = run_matching(cfg, dataset, distilled, networks, alignment, plan,
-                                                                 ledger, ctx, counts=counts)
+                match_cfg, match_networks = public_extractors(cfg, networks, public)
+                distilled, match_stats, snapshots = run_matching(match_cfg, dataset, distilled, match_networks,
+                                                                 alignment, plan, ledger, ctx, counts=counts)
                 candidates = {0: start, **snapshots, cfg.matcher.iterations: distilled}
                 ctx.save("match", {**distilled.to_payload(), "stats": dataclasses.asdict(match_stats),
                                    "candidates": candidates_payload(candidates)})
@@ -274,7 +291,19 @@ def distill(
         if metrics is not None:
             metrics["select"] = chosen.to_dict()
     return Release(distilled, counts, None if pool is None else bool(pool.info.get("cache_hit", False)), match_stats,
-                   chosen)
+                   chosen, None if public is None else public.describe(), None if public is None else public.info)
+
+
+def public_extractors(cfg: TrainConfig, networks: PoolNetworks | None,
+                      public: PublicKnowledge | None) -> tuple[TrainConfig, PoolNetworks | None]:
+    """``matcher.extractors=public``: matching draws from the snapshots of the public
+    pretraining (no generator needed), handed to the matcher as fixed, pool-trained-like
+    extractors; any other choice is passed through."""
+    if cfg.matcher.name == "none" or cfg.matcher.extractors != "public":
+        return cfg, networks
+    assert public is not None  # check_stage_combinations: extractors=public needs public=folder
+    matcher = dataclasses.replace(cfg.matcher, extractors="pool_trained")
+    return dataclasses.replace(cfg, matcher=matcher), PoolNetworks([public.extractors()])
 
 
 def candidates_payload(candidates: dict[int, DistilledSet]) -> dict[str, Any]:
@@ -342,13 +371,24 @@ def matching_diagnostics(cfg: TrainConfig, dataset: ImageDataset, plan: NoisePla
 
 
 def plan_expert(cfg: TrainConfig, dataset: ImageDataset, plan: NoisePlan | None,
-                counts: ClassCounts) -> tuple[NoisePlan | None, FinetuneChoice]:
+                counts: ClassCounts, public: PublicKnowledge | None = None) -> tuple[NoisePlan | None, FinetuneChoice]:
     """Resolve ``expert.finetune`` from public quantities, right after the count release and
     before any other DP stage: when the rule switches fine-tuning off, the expert's share
-    is re-planned onto the other components (the released count record stays fixed)."""
+    is re-planned onto the other components (the released count record stays fixed); when
+    it picks the linear-discriminant head from noisy class means (public knowledge only),
+    the expert's share is re-planned for that one release."""
     sigmas = [] if plan is None else plan.schedule_for("expert")
     model = build_model(cfg.model, dataset.channels, dataset.num_classes, dataset.image_size)
-    choice = choose_finetuning(cfg.expert, sigmas, model, counts.total)
+    lda_sigma, lda_plan = None, None
+    if public is not None:
+        lda_cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, finetune="lda"))
+        lda_plan = None if plan is None else replan_without(lda_cfg, plan, None)
+        lda_sigma = 0.0 if lda_plan is None else lda_plan.schedule_for("expert")[0]
+    choice = choose_finetuning(cfg.expert, sigmas, model, counts.total, lda_sigma, dataset.num_classes)
+    if choice.finetune == "lda":
+        log.info("expert: predicted noise-to-signal %s -> a linear-discriminant head from noisy class means on the "
+                 "public embedding", ", ".join(f"{k} {v:.3g}" for k, v in choice.noise_to_signal.items()))
+        return (plan if lda_plan is None else lda_plan), choice
     log.info("expert: predicted noise-to-signal of a DP-SGD step %s -> fine-tune %s",
              ", ".join(f"{k} {v:.3g}" for k, v in choice.noise_to_signal.items()), choice.finetune)
     if choice.finetune == "none" and plan is not None:
@@ -371,8 +411,9 @@ def pool_networks_needed(cfg: TrainConfig, report: bool) -> int:
 
 
 def build_pool_networks(cfg: TrainConfig, dataset: ImageDataset, pool: Pool, count: int,
-                        ctx: RunContext) -> PoolNetworks:
-    """The run's pool networks: from its checkpoint, the cache beside the pool, or trained."""
+                        ctx: RunContext, public: PublicKnowledge | None = None) -> PoolNetworks:
+    """The run's pool networks: from its checkpoint, the cache beside the pool, or trained
+    (from the public pretrained weights when the run has public knowledge)."""
     saved = ctx.load("pool_nets")
     if saved is not None and len(saved["snapshots"]) == count:
         return PoolNetworks.from_payload(saved, cfg.model, dataset, ctx.device)
@@ -380,7 +421,8 @@ def build_pool_networks(cfg: TrainConfig, dataset: ImageDataset, pool: Pool, cou
     networks = train_pool_networks(
         cfg.pool_nets, count, cfg.model, pool.images, pool.labels, dataset, seed=ctx.seed, device=ctx.device,
         cache_dir=cache_dir, cache_secret=None if cache_dir is None else local_secret(cache_dir),
-        progress=ctx.progress,
+        progress=ctx.progress, start=None if public is None else public.weights(),
+        start_key=None if public is None else public.network.key,
     )
     ctx.save("pool_nets", networks.to_payload())
     return networks
@@ -396,7 +438,7 @@ def build_alignment(
     cfg: TrainConfig, dataset: ImageDataset, pool: Pool, networks: PoolNetworks, plan: NoisePlan | None,
     ledger: PrivacyLedger,
     ctx: RunContext, *, counts: ClassCounts, metrics: dict[str, Any] | None,
-    finetune: FinetuneChoice | None = None,
+    finetune: FinetuneChoice | None = None, public: PublicKnowledge | None = None,
 ) -> ExpertAlignment:
     """Train the DP expert (declaring its DP-SGD to the ledger first) and build the loss.
     ``finetune`` is :func:`plan_expert`'s choice (``none``: pool network 0 as it is)."""
@@ -411,6 +453,15 @@ def build_alignment(
     saved = ctx.load("expert")
     if saved is None and not fine_tuned:
         expert = pool_expert(networks.final())
+        accuracy = pool_accuracy(expert, dataset) if metrics is not None else None
+        ctx.save("expert", {**expert.to_payload(), "test_acc": accuracy})
+    elif saved is None and finetune is not None and finetune.finetune == "lda":
+        assert public is not None  # plan_expert offers lda only with public knowledge
+        releases = ReleaseLog("expert")
+        expert = train_lda_expert(cfg.expert, public, dataset, None if noise_multiplier is None else noise_multiplier[0],
+                                  pool.images, pool.labels, noise=ctx.noise, counts=counts, seed=ctx.seed,
+                                  releases=releases)
+        releases.check(planned_records(plan, "expert"))
         accuracy = pool_accuracy(expert, dataset) if metrics is not None else None
         ctx.save("expert", {**expert.to_payload(), "test_acc": accuracy})
     elif saved is None:

@@ -38,6 +38,7 @@ from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.models import frozen, model_from_weights, seeded_model, weights_of
 from dpgd.progress import progress_bar
+from dpgd.public.pretrain import network_for
 from dpgd.seeding import derive_seed, stage_generator
 from dpgd.storage import atomic_torch_save
 from dpgd.training import POOL_RECIPE, train_on_pool
@@ -102,12 +103,19 @@ def train_pool_networks(
     cache_dir: Path | None,
     cache_secret: bytes | None = None,
     progress: bool = True,
+    start: Mapping[str, torch.Tensor] | None = None,
+    start_key: str | None = None,
 ) -> PoolNetworks:
-    """Networks 0..count-1 of the family (from the cache when it holds them)."""
+    """Networks 0..count-1 of the family (from the cache when it holds them).
+
+    ``start``: public pretrained weights (:mod:`dpgd.public`) every network starts from
+    (its features; the head is fresh), identified by ``start_key`` in the cache key."""
     check_pool_nets_settings(cfg)
+    if start is not None and not start_key:
+        raise ConfigError("pool networks with a public start need the start's key (its cache identity).")
     path = None
     if cache_dir is not None and cache_secret is not None:
-        key = cache_key(cfg, count, model_cfg, pool_images, pool_labels, seed, cache_secret)
+        key = cache_key(cfg, count, model_cfg, pool_images, pool_labels, seed, cache_secret, start_key)
         path = Path(cache_dir) / "pool_nets" / f"{key}.pt"
         cached = _load_cached(path, key, model_cfg, dataset, device)
         if cached is not None:
@@ -117,8 +125,11 @@ def train_pool_networks(
     bar = progress_bar(total=count * cfg.epochs, desc="pool networks", disable=not progress, leave=False)
     chunk = cfg.epochs // cfg.snapshots
     for k in range(count):
-        net = seeded_model(model_cfg, dataset.channels, dataset.num_classes, dataset.image_size,
-                           derive_seed(seed, "extractors", k, "init"))
+        init_seed = derive_seed(seed, "extractors", k, "init")
+        if start is None:
+            net = seeded_model(model_cfg, dataset.channels, dataset.num_classes, dataset.image_size, init_seed)
+        else:
+            net = network_for(model_cfg, dataset.channels, dataset.num_classes, dataset.image_size, start, init_seed)
         train_gen = stage_generator(seed, "extractors", k, "train")
         network = []
         for c in range(cfg.snapshots):
@@ -137,7 +148,7 @@ def train_pool_networks(
 
 
 def cache_key(cfg: PoolNetsConfig, count: int, model_cfg: ModelConfig, pool_images: torch.Tensor,
-              pool_labels: torch.Tensor, seed: int, secret: bytes) -> str:
+              pool_labels: torch.Tensor, seed: int, secret: bytes, start_key: str | None = None) -> str:
     """HMAC of the pool (a generator=real pool is private data: never a plain hash) plus
     everything else that determines the networks."""
     pool_mac = hmac.new(secret, digestmod=hashlib.sha256)
@@ -148,6 +159,8 @@ def cache_key(cfg: PoolNetsConfig, count: int, model_cfg: ModelConfig, pool_imag
         "epochs": cfg.epochs, "snapshots": cfg.snapshots, "model": asdict(model_cfg),
         "recipe": asdict(FAMILY_RECIPE), "seed": seed, "shape": list(pool_images.shape),
     }
+    if start_key is not None:  # networks started from public weights (absent: keys as before)
+        payload["start"] = start_key
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

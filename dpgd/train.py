@@ -159,7 +159,8 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str | None
                     checkpoints.save("eval", {"accuracies": evaluation.accuracies, "seconds": evaluation.seconds})
         tracker.log("eval", {"test_acc_mean": evaluation.mean, "test_acc_std": evaluation.std})
 
-        privacy = privacy_summary(ledger, epsilon_target=cfg.epsilon, delta=cfg.delta, noise=noise)
+        privacy = privacy_summary(ledger, epsilon_target=cfg.epsilon, delta=cfg.delta, noise=noise,
+                                  public=release.public)
         results = {
             "dataset": dataset.name,
             "method": method,
@@ -197,6 +198,8 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str | None
             "num_train": dataset.num_train,
             "resumed": checkpoints is not None and checkpoints.resumed,
         }
+        if release.public_diagnostics is not None:
+            diagnostics["public"] = release.public_diagnostics
         write_private(output_dir, diagnostics, mia)
         if mia is not None:
             diagnostics["mia"] = mia

@@ -16,7 +16,11 @@ from dpgd.errors import ConfigError
 from dpgd.initialisation import check_init
 from dpgd.pool_networks import check_pool_nets_settings, snapshot_count
 from dpgd.matching.release import EMBEDDINGS, planned_iterations, privacy_request as matcher_privacy_request
+from dpgd.generators.pe import resolved_embedding
 from dpgd.generators.pe_sources import check_source_settings
+from dpgd.public.knowledge import EMBED_DIM
+from dpgd.public.pool import check_public_files
+from dpgd.public.pretrain import check_pretrain_settings
 from dpgd.privacy.schedules import relative_pieces
 from dpgd import selection
 
@@ -46,6 +50,9 @@ PRESET_COMPONENTS: dict[str, tuple[bool, str, str, bool]] = {
     "ndpdc": (False, "noise", "dp_feature", False),
     "dm": (False, "noise", "dm", False),
     "leaky_baseline": (False, "real", "none", False),
+    "dpgeng_public": (True, "kmeans", "dp_feature", True),
+    "dpgeng_public_init_only": (True, "kmeans", "none", False),
+    "ndpdc_public": (False, "noise", "dp_feature", False),
 }
 # Presets whose method is non-private by definition (their label needs no warning).
 NON_PRIVATE_METHODS = {"dm", "leaky_baseline"}
@@ -134,7 +141,8 @@ def check_stage_combinations(cfg: TrainConfig) -> None:
                           "(e.g. generator=dp_merf) or expert=none.")
     if cfg.matcher.name != "none" and cfg.matcher.extractors == "pool_trained" and cfg.generator.name == "none":
         raise ConfigError("matcher.extractors=pool_trained needs a generated pool; set a generator or use "
-                          "matcher.extractors=random.")
+                          "matcher.extractors=random (or public with public=folder).")
+    check_public_settings(cfg)
     if cfg.generator.name != "none":
         check_pool_nets_settings(cfg.pool_nets)
     # Noise schedules are judged even when no noise runs (epsilon=inf), so a typo never waits
@@ -147,12 +155,39 @@ def check_stage_combinations(cfg: TrainConfig) -> None:
     if cfg.matcher.embedding not in EMBEDDINGS:
         raise ConfigError(f"matcher.embedding={cfg.matcher.embedding} is unknown; choose {' or '.join(EMBEDDINGS)}.")
     if cfg.generator.name == "pe":
-        check_source_settings(cfg.generator.pe)
+        check_source_settings(cfg.generator.pe, has_public=cfg.public.name != "none")
+        resolved_embedding(cfg.generator.pe.embedding, cfg.public.name != "none")
     if cfg.matcher.name == "dp_feature" and cfg.matcher.release == "once" and cfg.matcher.extractors != "pool_trained":
         raise ConfigError("matcher.release=once releases one target per fixed extractor: it needs "
                           "matcher.extractors=pool_trained (or use matcher.release=per_iteration).")
-    if cfg.matcher.name != "none" and cfg.matcher.extractors not in ("random", "pool_trained"):
-        raise ConfigError(f"matcher.extractors={cfg.matcher.extractors} is unknown; choose random or pool_trained.")
+    if cfg.matcher.name != "none" and cfg.matcher.extractors not in ("random", "pool_trained", "public"):
+        raise ConfigError(f"matcher.extractors={cfg.matcher.extractors} is unknown; choose random, pool_trained or "
+                          "public.")
+
+
+def check_public_settings(cfg: TrainConfig) -> None:
+    """The ``public`` group and the options that need it: the folder exists and lists
+    enough images (decoding is judged when the stage loads it, still before any budget is
+    spent), the pretraining settings, and public knowledge wherever an option uses it."""
+    public = cfg.public.name
+    if public not in ("none", "folder"):
+        raise ConfigError(f"public={public} is unknown; choose none or folder.")
+    if public == "folder":
+        check_public_files(cfg.public.root, cfg.public.min_images)
+        check_pretrain_settings(cfg.public)
+    need = "set public=folder public.root=<a folder of public images>"
+    if cfg.matcher.name != "none" and cfg.matcher.extractors == "public":
+        if public == "none":
+            raise ConfigError(f"matcher.extractors=public matches through the public pretrained network; {need}.")
+        if cfg.matcher.release == "once":
+            raise ConfigError("matcher.release=once releases one target per pool-trained extractor; use "
+                              "matcher.release=per_iteration with matcher.extractors=public.")
+    if cfg.expert.name == "dp_sgd" and cfg.expert.finetune == "lda":
+        if public == "none":
+            raise ConfigError(f"expert.finetune=lda releases class means in the public network's embedding; {need}.")
+    if cfg.expert.name == "dp_sgd" and not 1 <= cfg.expert.lda_dims <= EMBED_DIM:
+        raise ConfigError(f"expert.lda_dims={cfg.expert.lda_dims} must lie in [1, {EMBED_DIM}] (the public "
+                          "embedding's principal components).")
 
 
 def check_counts(cfg: TrainConfig, counts: "ClassCounts", class_names: tuple[str, ...]) -> None:

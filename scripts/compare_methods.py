@@ -2,6 +2,8 @@
 
     python scripts/compare_methods.py --dataset digits --epsilons 1 10 --ipc 10 --seeds 0 1 2
     python scripts/compare_methods.py --dataset cifar10-mini --epsilons 1 10 --set evaluation.epochs=100
+    python scripts/compare_methods.py --dataset cifar10-mini --methods dpgeng_public ndpdc_public \
+        generator_only_public ndpdc --set public.root=../shared/data/public32
 
 Runs every (method, epsilon, seed) in this process with the packaged configs, prints a
 markdown table of test accuracy (mean +- std over seeds) and epsilon spent per method, and
@@ -29,7 +31,13 @@ METHODS = {
     "generator_only": ["experiment=dpgeng_init_only"],
     "dpgeng_match_only": ["experiment=dpgeng_match_only"],
     "dpgeng_no_expert": ["experiment=dpgeng_no_expert"],
+    # Public knowledge (public=folder): pass --set public.root=<public images>.
+    "dpgeng_public": ["experiment=dpgeng_public"],
+    "ndpdc_public": ["experiment=ndpdc_public"],
+    "generator_only_public": ["experiment=dpgeng_public_init_only"],
 }
+# Methods that need public.root (the others ignore it, so --set public.root=... fits all).
+PUBLIC = {"dpgeng_public", "ndpdc_public", "generator_only_public"}
 NON_PRIVATE = {"dm"}
 
 
@@ -39,7 +47,8 @@ def main() -> None:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=[m for m in METHODS if m not in PUBLIC], choices=list(METHODS),
+                        help="default: every method without public knowledge")
     parser.add_argument("--set", nargs="*", default=[], help="extra Hydra overrides for every run")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
     args = parser.parse_args()

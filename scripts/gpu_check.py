@@ -30,8 +30,10 @@ CLASSES = 10
 SIZE = 32
 
 # Shortened paper_cifar10 (the preset's protocol, smaller counts): minutes on one GPU.
+# Generated data has no public counterpart: the check runs the preset's pipeline with the
+# DP-MERF generator and no public data (public=none), so it needs no public.root.
 SHORT = [
-    "mia=none", "logger=none", "evaluation.runs=2", "evaluation.epochs=300",
+    "public=none", "generator=dp_merf", "mia=none", "logger=none", "evaluation.runs=2", "evaluation.epochs=300",
     "matcher.iterations=500", "pool_nets.count=2", "pool_nets.epochs=10",
     "pool_nets.snapshots=2", "generator.pool_per_class=400", "generator.dp_merf.steps=500", "expert.steps=100",
     "expert.sample_rate=0.1", "matcher.noise_schedule.kind=exponential",

@@ -35,9 +35,12 @@ def test_paper_preset_matches_the_published_protocol(compose, preset):
     assert (ev.lr, ev.momentum, ev.weight_decay, ev.batch_size, ev.epochs) == (0.01, 0.9, 5e-4, 256, 1000)
     assert ev.lr_drop_at_half and ev.dsa
     assert cfg.mia.name == "lira"
-    # The DP-GenG pipeline from the dpgeng preset underneath.
+    # The DP-GenG pipeline from the dpgeng preset underneath; CIFAR's generator is PE over
+    # public knowledge (the paper's route), the others' DP-MERF (no public data assumed).
+    generator = "pe" if dataset.startswith("cifar") else "dp_merf"
+    assert cfg.public.name == ("folder" if generator == "pe" else "none")
     assert (cfg.generator.name, cfg.init.name, cfg.matcher.name, cfg.expert.name) == (
-        "dp_merf", "kmeans", "dp_feature", "dp_sgd")
+        generator, "kmeans", "dp_feature", "dp_sgd")
     assert cfg.matcher.extractors == "pool_trained" and cfg.budget.name == "dpgeng"
     # k-means needs ipc * multi_formation^2 pool images per class.
     assert cfg.generator.pool_per_class >= cfg.ipc * cfg.init.multi_formation**2
@@ -91,3 +94,17 @@ def test_compose_works_inside_an_initialised_hydra(compose):
         outer = GlobalHydra.instance().hydra
         assert compose("experiment=ndpdc").method == "ndpdc"
         assert GlobalHydra.instance().hydra is outer
+
+
+def test_public_presets_separate_what_public_knowledge_buys(compose):
+    public = compose("experiment=dpgeng_public", "public.root=/pub")
+    assert (public.public.name, public.public.root, public.generator.name, public.generator.pe.source) == (
+        "folder", "/pub", "pe", "public")
+    assert (public.init.name, public.matcher.extractors, public.expert.name) == ("kmeans", "pool_trained", "dp_sgd")
+    ablation = compose("experiment=dpgeng_public_init_only", "public.root=/pub")
+    assert (ablation.generator.name, ablation.matcher.name, ablation.expert.name) == ("pe", "none", "none")
+    ndpdc = compose("experiment=ndpdc_public", "public.root=/pub")
+    assert (ndpdc.generator.name, ndpdc.init.name, ndpdc.budget.name, ndpdc.matcher.extractors) == (
+        "none", "noise", "ndpdc", "public")
+    # The presets without public data stay as they are.
+    assert compose("experiment=ndpdc").public.name == "none" and compose().public.name == "none"

@@ -93,6 +93,9 @@ class PoolGenerator(ABC):
     non_private_only: ClassVar[bool] = False
     # Whether a fitted pool may be stored in the pool cache.
     cacheable: ClassVar[bool] = True
+    # The run's public knowledge (dpgd.public), set by the stage when the run has it;
+    # generators that use none ignore it.
+    public: Any = None
 
     def __init__(self, cfg: GeneratorConfig, progress: bool = True, curve: Curve | None = None) -> None:
         self.cfg = cfg

@@ -18,7 +18,9 @@ Key: sha256 of the JSON of
 * ``noise_multiplier`` (every bit of the float) and ``seed``;
 * ``noise_mode``: where the DP noise comes from, e.g. ``"secret"`` (fresh secret per-run
   randomness: DP) or ``"reproducible"`` (noise derived from the public seed: NOT DP). A
-  pool made one way is never served to a run of the other way.
+  pool made one way is never served to a run of the other way;
+* ``public`` (only with ``public=folder``): the public pool's fingerprint and the public
+  network's key, which PE's candidates and votes depend on.
 
 Local secret: ``<cache_dir>/.key`` holds 32 random bytes (:func:`local_secret`), created
 on first use with mode 0o600 and never logged. The data set enters the key only through
@@ -196,6 +198,7 @@ def cache_key(
     *,
     fingerprint: str,
     noise_mode: str,
+    public: str | None = None,
 ) -> str:
     """The key of a pool; ``fingerprint`` is :func:`keyed_fingerprint` of the data set and
     ``noise_mode`` says where the DP noise comes from (``"secret"``, ``"reproducible"``)."""
@@ -214,6 +217,10 @@ def cache_key(
         # Reproducible (seed-derived, not DP) and secret noise never share a pool.
         "noise_mode": noise_mode,
     }
+    if public is not None:
+        # The public pool's fingerprint and the public network's key (public=folder): PE draws
+        # its candidates from them. Absent without public knowledge (keys as before).
+        payload["public"] = public
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -31,11 +31,13 @@ from dpgd.counts import ClassCounts
 from dpgd.data import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.generators.base import GENERATOR_COMPONENT, Pool, PoolGenerator, check_multiplier
+from dpgd.generators import pe_public
 from dpgd.generators.pe_sources import CandidateSource, build_source
 from dpgd.models import seeded_model
 from dpgd.privacy.components import PrivacyNeed, ReleaseLog
 from dpgd.privacy.randomness import NoiseSource
 from dpgd.progress import progress_bar
+from dpgd.public import PublicKnowledge
 from dpgd.seeding import derive_seed, stage_generator
 
 SENSITIVITY = 1.0
@@ -43,7 +45,7 @@ SENSITIVITY_TEXT = (
     "one vote per record for its nearest candidate of its class: one record changes one "
     "histogram bin by 1, L2 sensitivity 1"
 )
-EMBEDDINGS = ("random_convnet", "pixels")
+EMBEDDINGS = ("auto", "public_net", "random_convnet", "pixels")
 # The voting ConvNet: narrow (64) to keep embedding cheap; fixed random weights from the seed.
 VOTING_NET = ModelConfig(name="convnet", width=64, depth=None, norm="instancenorm")
 EMBED_BATCH = 512
@@ -52,12 +54,13 @@ EMBED_BATCH = 512
 class VotingEmbedding:
     """A fixed, data-independent map where nearest neighbours are found."""
 
-    def __init__(self, name: str, dataset: ImageDataset, seed: int, device: torch.device) -> None:
-        if name not in EMBEDDINGS:
-            raise ConfigError(f"generator.pe.embedding={name} is unknown; choose one of {', '.join(EMBEDDINGS)}.")
+    def __init__(self, name: str, dataset: ImageDataset, seed: int, device: torch.device,
+                 public: PublicKnowledge | None = None) -> None:
+        name = resolved_embedding(name, public is not None)
         self.name = name
         self.device = device
         self.net = None
+        self.public = public
         if name == "random_convnet":
             self.net = seeded_model(
                 VOTING_NET, dataset.channels, dataset.num_classes, dataset.image_size,
@@ -66,11 +69,36 @@ class VotingEmbedding:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.name == "public_net":
+            assert self.public is not None  # resolved_embedding
+            return self.public.embed(images.cpu())
         out = []
         for start in range(0, images.shape[0], EMBED_BATCH):
             batch = images[start : start + EMBED_BATCH].to(self.device)
             out.append(batch.flatten(1) if self.net is None else self.net.embed(batch))
         return torch.cat(out)
+
+
+def resolved_embedding(name: str, has_public: bool) -> str:
+    """``pe.embedding`` with ``auto`` resolved (the public network when there is one)."""
+    if name not in EMBEDDINGS:
+        raise ConfigError(f"generator.pe.embedding={name} is unknown; choose one of {', '.join(EMBEDDINGS)}.")
+    if name == "auto":
+        return "public_net" if has_public else "random_convnet"
+    if name == "public_net" and not has_public:
+        raise ConfigError("generator.pe.embedding=public_net needs public knowledge: set public=folder "
+                          "public.root=<public images> (or another pe.embedding).")
+    return name
+
+
+def resolved_source(name: str, has_public: bool) -> str:
+    """``pe.source`` with ``auto`` resolved (the run's public pool when there is one)."""
+    if name == "auto":
+        return "public" if has_public else "public_folder"
+    if name == "public" and not has_public:
+        raise ConfigError("generator.pe.source=public draws from the run's public pool: set public=folder "
+                          "public.root=<public images> (or generator.pe.source=public_folder).")
+    return name
 
 
 def vote_histogram(private: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -119,6 +147,18 @@ class PrivateEvolution(PoolGenerator):
     def build_source(self, dataset: ImageDataset, device: torch.device) -> CandidateSource:
         return build_source(self.cfg.pe, dataset, device)
 
+    def _public_pool(self, dataset: ImageDataset, sigma: float, noise_multiplier: float | None, seed: int,
+                     noise: NoiseSource, releases: ReleaseLog) -> Pool:
+        """``pe.source=public``: :func:`dpgd.generators.pe_public.evolve`."""
+        assert self.public is not None  # resolved_source
+        images, labels, info = pe_public.evolve(
+            self.cfg.pe, self.pool_per_class, self.public, dataset, sigma,
+            noise_generator=noise.generator("generator", "pe", "noise"), seed=seed, releases=releases,
+            progress=self.progress,
+        )
+        info["non_private"] = noise_multiplier is None
+        return Pool(images, labels, self.mechanisms(noise_multiplier), synthetic=True, info=info)
+
     def fit_and_sample(
         self, dataset: ImageDataset, noise_multiplier: float | None, seed: int, device: torch.device,
         *, noise: NoiseSource, counts: ClassCounts, releases: ReleaseLog | None = None,
@@ -127,6 +167,8 @@ class PrivateEvolution(PoolGenerator):
         releases = releases or ReleaseLog(GENERATOR_COMPONENT)
         opts = self.cfg.pe
         sigma = check_multiplier(self.name, noise_multiplier)
+        if resolved_source(opts.source, self.public is not None) == "public":
+            return self._public_pool(dataset, sigma, noise_multiplier, seed, noise, releases)
         need = self.privacy_request()
         population = opts.population
         if population < 1:
@@ -137,7 +179,7 @@ class PrivateEvolution(PoolGenerator):
         threshold = opts.threshold * sigma * SENSITIVITY
         started = time.perf_counter()
         source = self.build_source(dataset, device)
-        embed = VotingEmbedding(opts.embedding, dataset, seed, device)
+        embed = VotingEmbedding(opts.embedding, dataset, seed, device, self.public)
         num_classes = dataset.num_classes
         private = [embed(dataset.train_images[dataset.train_labels == c]) for c in range(num_classes)]
         random_gen = stage_generator(seed, "generator", "pe", "random")

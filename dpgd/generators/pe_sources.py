@@ -111,19 +111,26 @@ class PublicFolderSource:
     def variation_api(self, images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
         """Per-image random affine + Gaussian pixel noise, both scaled by ``strength``."""
         pixels = self.norm.to_unit(images.cpu())
-        num = pixels.shape[0]
-        uniform = torch.rand(num, 4, generator=generator) * 2.0 - 1.0  # shift x, shift y, angle, scale
-        angle = uniform[:, 2] * math.radians(MAX_ROTATE_DEGREES) * strength
-        scale = 1.0 + uniform[:, 3] * MAX_SCALE * strength
-        shift = uniform[:, :2] * 2.0 * MAX_SHIFT * strength  # affine_grid units: the side is 2
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack(
-            [torch.stack([cos, -sin, shift[:, 0]], dim=1), torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1
-        )
-        grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
-        moved = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        noise = torch.randn(moved.shape, generator=generator) * (self.pixel_noise * strength)
-        return self.norm.from_unit((moved + noise).clamp(0.0, 1.0)).to(images.device)
+        return self.norm.from_unit(affine_variation(pixels, strength, self.pixel_noise, generator)).to(images.device)
+
+
+def affine_variation(pixels: torch.Tensor, strength: float, pixel_noise: float,
+                     generator: torch.Generator) -> torch.Tensor:
+    """[0, 1] images, each under a random affine (shift, rotation, scale) plus Gaussian pixel
+    noise of std ``pixel_noise``, all scaled by ``strength``."""
+    num = pixels.shape[0]
+    uniform = torch.rand(num, 4, generator=generator) * 2.0 - 1.0  # shift x, shift y, angle, scale
+    angle = uniform[:, 2] * math.radians(MAX_ROTATE_DEGREES) * strength
+    scale = 1.0 + uniform[:, 3] * MAX_SCALE * strength
+    shift = uniform[:, :2] * 2.0 * MAX_SHIFT * strength  # affine_grid units: the side is 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], dim=1), torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1
+    )
+    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
+    moved = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    noise = torch.randn(moved.shape, generator=generator) * (pixel_noise * strength)
+    return (moved + noise).clamp(0.0, 1.0)
 
 
 class DiffusersSource:
@@ -230,26 +237,44 @@ def _check_diffusers(path: str | None, steps: int, batch_size: int) -> None:
         )
 
 
-def check_source_settings(pe_cfg) -> None:
+SOURCES = ("auto", "public", "public_folder", "diffusers")
+
+
+def check_source_settings(pe_cfg, has_public: bool = False) -> None:
     """The candidate source's settings and files, judged before any private data is read
-    (a missing public folder must not wait for the count release)."""
+    (a missing public folder must not wait for the count release). ``has_public``: the run
+    has public knowledge (``public=folder``), which ``source=public`` (and ``auto``) use."""
     source = pe_cfg.source
-    if source == "public_folder":
+    if source == "auto":
+        source = "public" if has_public else "public_folder"
+    if source == "public":
+        if not has_public:
+            raise ConfigError("generator.pe.source=public draws from the run's public pool: set public=folder "
+                              "public.root=<public images> (or generator.pe.source=public_folder).")
+        if pe_cfg.initial not in ("clusters", "random"):
+            raise ConfigError(f"generator.pe.initial={pe_cfg.initial} is unknown; choose clusters or random.")
+        if not 1 <= pe_cfg.neighbours_end <= pe_cfg.neighbours_start:
+            raise ConfigError(f"generator.pe.neighbours_start={pe_cfg.neighbours_start} and neighbours_end="
+                              f"{pe_cfg.neighbours_end} need 1 <= end <= start.")
+        if pe_cfg.population < 1:
+            raise ConfigError(f"generator.pe.population={pe_cfg.population} must be at least 1.")
+    elif source == "public_folder":
         _public_files(pe_cfg.public_root)
     elif source == "diffusers":
         _check_diffusers(pe_cfg.diffusers_path, pe_cfg.diffusers_steps, pe_cfg.diffusers_batch_size)
     else:
-        raise ConfigError(f"generator.pe.source={source} is unknown; choose public_folder or diffusers.")
+        raise ConfigError(f"generator.pe.source={source} is unknown; choose one of {', '.join(SOURCES)}.")
 
 
 def build_source(pe_cfg, dataset: ImageDataset, device: torch.device) -> CandidateSource:
-    """The candidate source ``generator.pe.source`` names."""
+    """The candidate source ``generator.pe.source`` names (``public`` is built by
+    :mod:`dpgd.generators.pe_public` from the run's public knowledge, not here)."""
     check_source_settings(pe_cfg)
-    source = pe_cfg.source
+    source = "public_folder" if pe_cfg.source == "auto" else pe_cfg.source
     if source == "public_folder":
         return PublicFolderSource(pe_cfg.public_root, dataset, pe_cfg.pixel_noise)
     if source == "diffusers":
         return DiffusersSource(
             pe_cfg.diffusers_path, dataset, pe_cfg.diffusers_steps, pe_cfg.diffusers_batch_size, device
         )
-    raise ConfigError(f"generator.pe.source={source} is unknown; choose public_folder or diffusers.")
+    raise ConfigError(f"generator.pe.source={source} is unknown; choose one of {', '.join(SOURCES)}.")

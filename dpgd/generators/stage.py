@@ -53,6 +53,7 @@ def generate_pool(
     counts: ClassCounts,
     progress: bool = True,
     curve: Curve | None = None,
+    public: Any = None,
 ) -> Pool | None:
     """The run's pool (None for ``generator=none``), its mechanisms declared to ``ledger``.
 
@@ -61,6 +62,8 @@ def generate_pool(
     without noise. ``seed`` is the public seed (initial weights, latents, the cache key).
     """
     generator = build_generator(gen_cfg, progress=progress, curve=curve)
+    if generator is not None:
+        generator.public = public  # the run's public knowledge (dpgd.public), or None
     name = gen_cfg.name
     if generator is None:
         if noise_multiplier is not None:
@@ -89,7 +92,8 @@ def generate_pool(
         # the noise mode, so a pool made with reproducible noise never serves a secret-noise run.
         cache_dir = resolve_cache_dir(gen_cfg.cache_dir)
         key = cache_key(gen_cfg, noise_multiplier, seed,
-                        fingerprint=keyed_fingerprint(dataset, local_secret(cache_dir)), noise_mode=noise.mode)
+                        fingerprint=keyed_fingerprint(dataset, local_secret(cache_dir)), noise_mode=noise.mode,
+                        public=None if public is None else f"{public.pool.fingerprint}/{public.network.key}")
         path = cache_path(cache_dir, key)
         cached = load_pool(path, key)
         if cached is not None and cached.mechanisms == mechanisms:

@@ -19,3 +19,13 @@ PUBLIC_ASSUMPTIONS = (
     "'counts' in the ledger)",
     "generator=pe: the candidate source (generator.pe.public_root or the pretrained model) is public data",
 )
+
+
+def public_assumption(public: dict) -> str:
+    """The assumption a run with ``public=folder`` adds: its public pool, by fingerprint."""
+    weights = public.get("weights_file")
+    network = (f"the user's pretrained weights {weights}" if weights else
+               f"a network pretrained on its {public.get('pretrained_labels')} folder labels")
+    return (f"public=folder: the {public['images']} images under {public['root']} (sha256 of names and bytes "
+            f"{public['fingerprint']}) are public data, not private records; PE's candidates, {network} and the "
+            "embeddings built on it come from them and from no private record")

@@ -11,13 +11,16 @@ import math
 from typing import Any
 
 from dpgd.privacy.ledger import ADJACENCY, PrivacyLedger
-from dpgd.privacy.public import PUBLIC_ASSUMPTIONS
+from dpgd.privacy.public import PUBLIC_ASSUMPTIONS, public_assumption
 from dpgd.privacy.randomness import NoiseSource, describe
 
 
 def privacy_summary(ledger: PrivacyLedger, *, epsilon_target: float, delta: float,
-                    noise: NoiseSource) -> dict[str, Any]:
-    """The privacy report of a run; raises if the ledger composes above the target (a bug)."""
+                    noise: NoiseSource, public: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The privacy report of a run; raises if the ledger composes above the target (a bug).
+
+    ``public``: the public pool the run used (:meth:`dpgd.public.PublicKnowledge.describe`),
+    named in ``public_assumptions`` with its fingerprint and image count."""
     private = math.isfinite(epsilon_target)
     if not private:
         report: dict[str, Any] = {"epsilon": math.inf, "epsilon_rdp": math.inf, "delta": float(delta),
@@ -34,6 +37,9 @@ def privacy_summary(ledger: PrivacyLedger, *, epsilon_target: float, delta: floa
     report["release_id"] = ledger.release_id
     report["adjacency"] = ADJACENCY
     report["public_assumptions"] = list(PUBLIC_ASSUMPTIONS)
+    if public is not None:
+        report["public_assumptions"].append(public_assumption(public))
+        report["public_data"] = dict(public)
     return report
 
 
