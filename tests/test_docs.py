@@ -131,12 +131,13 @@ def all_commands() -> list[tuple[str, str]]:
 
 def check_command(command: str) -> None:
     """Compose ``command`` as ``dpgd`` would and run the checks a run makes before it reads
-    data, except those that look for files and devices (a page may name ``/path/to/tree``
-    or ``device=cuda``)."""
+    data, except those that look for files and devices (a page may name ``/path/to/tree``,
+    ``public.root=/data/imagenet32`` or ``device=cuda``)."""
     from dpgd import validation
     from dpgd.config import compose, typed
 
-    with mock.patch.object(validation, "check_source_settings"), mock.patch.object(validation, "resolve_device"):
+    with mock.patch.object(validation, "check_source_settings"), mock.patch.object(validation, "resolve_device"), \
+            mock.patch.object(validation, "check_public_files"):
         for overrides in compositions(command):
             validation.check_config(typed(compose(*overrides)))
 
