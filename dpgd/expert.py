@@ -251,6 +251,19 @@ def train_expert(
     return Expert(model, info)
 
 
+def release_feature_sums(embedded: torch.Tensor, labels: torch.Tensor, num_classes: int, noise_multiplier: float,
+                         generator: torch.Generator) -> torch.Tensor:
+    """The one Gaussian release of ``expert.finetune=lda``: per-class sums of the records'
+    embeddings, each clipped to L2 norm 1 (the public projection already has norm <= 1 up to
+    rounding; the clip makes the sensitivity exact), plus ``N(0, (noise_multiplier * 1)^2)``
+    per value. Classes are disjoint, so one record moves one sum by at most 1."""
+    norms = embedded.norm(dim=1, keepdim=True).clamp(min=1.0)
+    sums = torch.zeros(num_classes, embedded.shape[1], dtype=embedded.dtype).index_add_(0, labels, embedded / norms)
+    if noise_multiplier > 0:
+        sums += torch.randn(sums.shape, generator=generator, dtype=sums.dtype) * (noise_multiplier * 1.0)
+    return sums
+
+
 def train_lda_expert(
     expert_cfg: Any,
     knowledge: Any,
@@ -290,10 +303,10 @@ def train_lda_expert(
     dims = min(int(expert_cfg.lda_dims), int(knowledge.components.shape[0]))  # a narrow network has fewer
     sigma = float(noise_multiplier or 0.0)
     embedded = knowledge.embed(dataset.train_images, dims=dims)  # (N, dims), norm <= 1
-    sums = torch.zeros(dataset.num_classes, dims).index_add_(0, dataset.train_labels, embedded)
+    sums = release_feature_sums(embedded, dataset.train_labels, dataset.num_classes, sigma,
+                                noise.generator("expert", "noise"))
     del embedded
     if sigma > 0:
-        sums += torch.randn(sums.shape, generator=noise.generator("expert", "noise")) * sigma
         (releases if releases is not None else ReleaseLog(COMPONENT)).record(sigma)
     sizes = counts.values.to(torch.float32).clamp(min=1.0)  # the released counts
     means = (sums / sizes[:, None]).double()

@@ -20,6 +20,7 @@ from opacus.optimizers import DPOptimizer
 from dpgd import selection
 from dpgd.config import DpMerfConfig, DpSgdConfig, ExpertConfig, GeneratorConfig, ModelConfig
 from dpgd.counts import ClassCounts, release_class_counts
+from dpgd.expert import release_feature_sums
 from dpgd.generators import build_generator
 from dpgd.generators.dp_merf import release_embedding
 from dpgd.generators.pe import release_histogram
@@ -72,6 +73,31 @@ def test_dp_merf_noise_std_is_sigma_times_one():
 def test_pe_vote_noise_std_is_sigma_times_one():
     votes = torch.randint(0, 30, (20_000,), generator=seeded(1)).float()
     assert_noise_std(release_histogram(votes, 3.0, seeded()) - votes, 3.0 * 1.0)
+
+
+def test_lda_feature_sum_noise_std_is_sigma_times_one():
+    embedded = torch.nn.functional.normalize(torch.randn(400, 32, generator=seeded(1)), dim=1) * 0.7
+    labels = torch.arange(400) % 10
+    clean = torch.zeros(10, 32).index_add_(0, labels, embedded)
+    generator = seeded()
+    noise = torch.stack([release_feature_sums(embedded, labels, 10, 3.0, generator) - clean for _ in range(40)])
+    assert_noise_std(noise, 3.0 * 1.0)
+
+
+def test_one_record_moves_an_lda_class_sum_by_at_most_one():
+    """The lda release's sensitivity: a record of norm 50 moves its class sum by exactly 1,
+    one of norm 0.3 by 0.3, and no other class sum."""
+    embedded = torch.randn(50, 16, generator=seeded(1)) * 0.1
+    labels = torch.arange(50) % 5
+    without = release_feature_sums(embedded, labels, 5, 0.0, seeded())
+    for norm in (50.0, 0.3):
+        record = torch.randn(1, 16, generator=seeded(2))
+        record = record / record.norm() * norm
+        with_record = release_feature_sums(torch.cat([embedded, record]), torch.cat([labels, torch.tensor([3])]),
+                                           5, 0.0, seeded())
+        moved = (with_record - without).norm(dim=1)
+        assert float(moved[3]) == pytest.approx(min(norm, 1.0), rel=1e-5)
+        assert float(moved.sum() - moved[3]) < 1e-5
 
 
 def test_matcher_noise_std_is_sigma_times_clip():

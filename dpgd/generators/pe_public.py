@@ -108,7 +108,7 @@ def evolve(opts: PeConfig, pool_per_class: int, knowledge: PublicKnowledge, data
     """The rounds of PE over the public pool; returns the pool's images, labels and info."""
     if opts.population < 1:
         raise ConfigError(f"generator.pe.population={opts.population} must be at least 1.")
-    from dpgd.generators.pe import selection_weights  # pe imports this module
+    from dpgd.generators.pe import release_histogram, selection_weights  # pe imports this module
 
     started = time.perf_counter()
     source = PublicPoolSource(knowledge, seed)
@@ -136,9 +136,8 @@ def evolve(opts: PeConfig, pool_per_class: int, knowledge: PublicKnowledge, data
                            minlength=candidates[c].shape[0]).to(torch.float32)
             for c in range(num_classes)
         ])
-        noisy = clean.clone()
+        noisy = release_histogram(clean, sigma, noise_generator)
         if sigma > 0:
-            noisy += torch.randn(noisy.shape, generator=noise_generator) * sigma
             releases.record(sigma)
         del clean
         # --- post-processing ------------------------------------------------------------
