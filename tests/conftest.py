@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,8 +14,11 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
-# Generated pools are cached on disk; tests keep theirs out of the user's cache.
-os.environ.setdefault("DPGD_CACHE_DIR", tempfile.mkdtemp(prefix="dpgd-test-pools-"))
+# Generated pools are cached on disk; tests keep theirs out of the user's cache, in a
+# folder removed when the test process ends.
+if "DPGD_CACHE_DIR" not in os.environ:
+    os.environ["DPGD_CACHE_DIR"] = tempfile.mkdtemp(prefix="dpgd-test-pools-")
+    atexit.register(shutil.rmtree, os.environ["DPGD_CACHE_DIR"], ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_MINI = Path(os.environ.get("DPGD_CIFAR10_MINI", REPO.parent / "shared" / "data" / "cifar10-mini")).resolve()

@@ -28,7 +28,7 @@ CASES = {
 
 EXPECTED = {
     "dpgeng": {
-        "acc": [71.66666666666667, 69.72222222222223],
+        "acc": [64.72222222222223, 59.44444444444444],
         "counts": [135, 134, 142, 122, 125, 133, 141, 156, 153, 175],
         "mechanisms": [("counts", 17.25304890530388, 1.0, 1), ("generator", 4.837945568459692, 1.0, 1),
                        ("expert", 2.3381838490569247, 0.05, 10), ("matcher", 3.8396161566486016, 0.1, 20),
@@ -37,12 +37,13 @@ EXPECTED = {
         "stages": {"generate": {"pool_size": 400, "pool_test_acc": 20.555555555555557},
                    "expert": {"test_acc": 31.11111111111111, "finetune": "head",
                               "noise_to_signal_all": 12.98139285243236, "noise_to_signal_head": 2.365414752078693},
-                   "match": {"snr_bound": 0.16298110485076905, "snr": 0.14502731561660767},
-                   "select": {"iterations": [0, 20], "noisy_gain": [0.0, 26.78], "chosen_iteration": 20,
+                   "match": {"iterations": 20, "sample_rate": 0.1, "information": 0.5373593209987643,
+                             "snr_bound": 0.16298110485076905, "snr": 0.14502731561660767},
+                   "select": {"iterations": [0, 20], "noisy_gain": [0.0, 20.08], "chosen_iteration": 20,
                               "gain_noise_std": 17.25304890530388}},
     },
     "dpgeng_no_selection": {
-        "acc": [73.88888888888889, 70.0],
+        "acc": [66.11111111111111, 59.72222222222222],
         "counts": [134, 133, 142, 120, 123, 132, 141, 157, 154, 178],
         "mechanisms": [("counts", 18.661212214586484, 1.0, 1), ("generator", 4.697639128970268, 1.0, 1),
                        ("expert", 2.289361860630768, 0.05, 10), ("matcher", 3.7408850961835025, 0.1, 20)],
@@ -50,14 +51,16 @@ EXPECTED = {
         "stages": {"generate": {"pool_size": 400, "pool_test_acc": 20.555555555555557},
                    "expert": {"test_acc": 30.833333333333332, "finetune": "head",
                               "noise_to_signal_all": 12.725749034932862, "noise_to_signal_head": 2.318832411950398},
-                   "match": {"snr_bound": 0.16707993745803834, "snr": 0.14788212776184081}},
+                   "match": {"iterations": 20, "sample_rate": 0.1, "information": 0.56590339125568,
+                             "snr_bound": 0.16707993745803834, "snr": 0.14788212776184081}},
     },
     "ndpdc": {
-        "acc": [36.111111111111114, 30.0],
+        "acc": [56.94444444444444, 61.94444444444444],
         "counts": [130, 126, 142, 107, 112, 125, 139, 164, 161, 196],
         "mechanisms": [("counts", 28.43703700715638, 1.0, 1), ("matcher", 2.13129256364687, 0.1, 20)],
         "epsilon": 0.9885346417210629,
-        "stages": {"match": {"snr_bound": 0.2907933950424194, "snr": 0.26977660655975344}},
+        "stages": {"match": {"iterations": 20, "sample_rate": 0.1, "information": 1.747679977670107,
+                             "snr_bound": 0.2907933950424194, "snr": 0.26977660655975344}},
     },
 }
 
