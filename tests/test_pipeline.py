@@ -14,7 +14,9 @@ from dpgd.errors import BudgetError, ConfigError
 from dpgd.privacy import PrivacyLedger
 from reference_accountants import dp_accounting_pld
 
-FAST = ["logger=none", "evaluation.epochs=100", "evaluation.runs=2"]
+# matcher.max_iterations=200: the iterations rule resolves to 200 here (its ladder is
+# tested in test_iterations.py); 800 non-private iterations would triple these runs.
+FAST = ["logger=none", "evaluation.epochs=100", "evaluation.runs=2", "matcher.max_iterations=200"]
 
 
 @pytest.fixture(scope="module")
