@@ -111,8 +111,8 @@ def choose_finetuning(expert_cfg: Any, noise_multipliers: Sequence[float], model
     """``expert.finetune=auto``: fine-tune all weights if their predicted noise-to-signal is at
     most ``expert.max_noise_to_signal``, else the head if its is, else (with public knowledge:
     ``lda_sigma`` is the noise multiplier the plan would give it) the linear-discriminant head
-    from noisy class means (:func:`train_lda_expert`) if its is, else nothing (the share of the budget then goes to the other
-    components). Reads public quantities only; the expert's test accuracy is never an
+    from noisy class means (:func:`train_lda_expert`) if its is, else nothing (the share of
+    the budget then goes to the other components). Reads public quantities only; the expert's test accuracy is never an
     input. An explicit ``all``/``head``/``lda`` is kept."""
     sigma = sum(noise_multipliers) / len(noise_multipliers) if noise_multipliers else 0.0
     weights = {"all": sum(p.numel() for p in model.parameters()),
