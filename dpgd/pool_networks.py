@@ -40,7 +40,7 @@ from dpgd.models import frozen, model_from_weights, seeded_model, weights_of
 from dpgd.progress import progress_bar
 from dpgd.public.pretrain import network_for
 from dpgd.seeding import derive_seed, stage_generator
-from dpgd.storage import atomic_torch_save
+from dpgd.storage import atomic_torch_save, load_versioned
 from dpgd.training import POOL_RECIPE, train_on_pool
 
 log = logging.getLogger("dpgd")
@@ -117,7 +117,8 @@ def train_pool_networks(
     if cache_dir is not None and cache_secret is not None:
         key = cache_key(cfg, count, model_cfg, pool_images, pool_labels, seed, cache_secret, start_key)
         path = Path(cache_dir) / "pool_nets" / f"{key}.pt"
-        cached = _load_cached(path, key, model_cfg, dataset, device)
+        cached = load_versioned(path, CACHE_VERSION, key,
+                                lambda data: PoolNetworks.from_payload(data, model_cfg, dataset, device), "pool-network")
         if cached is not None:
             log.info("pool networks: reusing %d cached networks", count)
             return cached
@@ -178,17 +179,4 @@ def _code_version() -> str:
     return digest.hexdigest()
 
 
-def _load_cached(path: Path, key: str, model_cfg: ModelConfig, dataset: ImageDataset,
-                 device: torch.device) -> PoolNetworks | None:
-    if not path.is_file():
-        return None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if data.get("version") != CACHE_VERSION or data.get("key") != key:
-            return None
-        return PoolNetworks.from_payload(data, model_cfg, dataset, device)
-    except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError) as exc:
-        # Never the path in the log: it is derived from the pool (see dpgd.generators.cache).
-        log.warning("ignoring an unreadable pool-network cache file (%s); retraining", type(exc).__name__)
-        return None
 

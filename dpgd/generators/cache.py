@@ -42,21 +42,19 @@ import importlib.metadata
 import json
 import logging
 import os
-import pickle
 import secrets
 import stat
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dpgd.config import GeneratorConfig
 from dpgd.data import ImageDataset, hash_train_split
 from dpgd.errors import ConfigError
 from dpgd.generators.base import Pool
-from dpgd.storage import atomic_torch_save
+from dpgd.storage import atomic_torch_save, load_versioned
 
 log = logging.getLogger("dpgd")
 
@@ -240,16 +238,6 @@ def save_pool(path: Path, pool: Pool, key: str) -> None:
 
 
 def load_pool(path: Path, key: str) -> Pool | None:
-    """The cached pool, or None when absent, unreadable or written under another key."""
-    if not path.is_file():
-        return None
-    try:
-        data: Mapping[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-        if data.get("version") != CACHE_VERSION or data.get("key") != key:
-            return None
-        return Pool.from_payload(data)
-    except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError, ConfigError) as exc:
-        # A corrupt or foreign file is a miss, never a crash: the pool is refitted. Neither
-        # the path nor the message (which may hold the path) is logged: a private output.
-        log.warning("ignoring an unreadable pool cache file (%s); refitting", type(exc).__name__)
-        return None
+    """The cached pool, or None when absent, unreadable or written under another key (a miss,
+    never a crash: the pool is refitted)."""
+    return load_versioned(path, CACHE_VERSION, key, Pool.from_payload, "pool")

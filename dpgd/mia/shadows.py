@@ -26,7 +26,7 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from dpgd.mia.lira import logit_scaled_confidence
 from dpgd.models import seeded_model
 from dpgd.progress import progress_bar
 from dpgd.seeding import derive_seed, stage_generator
-from dpgd.storage import atomic_torch_save
+from dpgd.storage import atomic_torch_save, load_versioned
 from dpgd.training import test_accuracy, train_classifier
 
 log = logging.getLogger("dpgd")
@@ -182,20 +182,13 @@ def shadow_path(folder: Path, run: int) -> Path:
 
 def load_shadow(path: Path, key: str, membership: torch.Tensor) -> Optional[ShadowOutput]:
     """A finished run from disk, or None if absent, unreadable or from other settings."""
-    if not path.is_file():
-        return None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a torn or foreign file is recomputed, never trusted
-        log.warning("mia: ignoring unreadable %s (%s); recomputing it", path, err)
-        return None
-    if saved.get("version") != CACHE_VERSION or saved.get("key") != key:
-        log.info("mia: %s was computed with other settings; recomputing it", path.name)
-        return None
-    if not torch.equal(saved["membership"], membership):
-        return None
-    return ShadowOutput(run=int(saved["run"]), membership=saved["membership"], phi=saved["phi"],
-                        loss=saved["loss"], test_acc=float(saved["test_acc"]), seconds=float(saved["seconds"]))
+    def decode(saved: Mapping[str, Any]) -> ShadowOutput | None:
+        if not torch.equal(saved["membership"], membership):
+            return None
+        return ShadowOutput(run=int(saved["run"]), membership=saved["membership"], phi=saved["phi"],
+                            loss=saved["loss"], test_acc=float(saved["test_acc"]), seconds=float(saved["seconds"]))
+
+    return load_versioned(path, CACHE_VERSION, key, decode, "shadow-run")
 
 
 def save_shadow(path: Path, output: ShadowOutput, key: str) -> None:

@@ -38,7 +38,7 @@ from dpgd.config import ModelConfig, PublicConfig
 from dpgd.models import frozen
 from dpgd.public.pool import PublicPool, load_public_pool
 from dpgd.public.pretrain import PublicNetwork, load_weights_file, network_for, pretrain
-from dpgd.storage import atomic_torch_save
+from dpgd.storage import atomic_torch_save, load_versioned
 
 log = logging.getLogger("dpgd")
 
@@ -186,18 +186,16 @@ def _fit_embedding(knowledge: PublicKnowledge, cache_dir: Path | None, min_per_l
     key = hashlib.sha256(f"{EMBED_VERSION}|{knowledge.network.key}|{knowledge.pool.fingerprint}|"
                          f"{knowledge.shape}|{min_per_label}".encode()).hexdigest()
     path = None if cache_dir is None else Path(cache_dir) / "public" / f"embedding-{key[:32]}.pt"
-    if path is not None and path.is_file():
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            if data.get("key") == key:
-                knowledge.center, knowledge.components = data["center"], data["components"]
-                knowledge.spectrum, knowledge.embedding = data["spectrum"], data["embedding"]
-                knowledge.scale = float(data["scale"])
-                knowledge.within, knowledge.between = data["within"], data["between"]
-                knowledge.info["embed_cache_hit"] = True
-                return
-        except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError) as exc:
-            log.warning("ignoring an unreadable public-embedding cache file (%s)", type(exc).__name__)
+    fields = ("center", "components", "spectrum", "embedding", "scale", "within", "between")
+    cached = load_versioned(path, EMBED_VERSION, key, lambda data: {name: data[name] for name in fields},
+                            "public-embedding")
+    if cached is not None:
+        knowledge.center, knowledge.components = cached["center"], cached["components"]
+        knowledge.spectrum, knowledge.embedding = cached["spectrum"], cached["embedding"]
+        knowledge.scale = float(cached["scale"])
+        knowledge.within, knowledge.between = cached["within"], cached["between"]
+        knowledge.info["embed_cache_hit"] = True
+        return
     features = []
     for start in range(0, len(knowledge.pool), 4096):
         index = torch.arange(start, min(start + 4096, len(knowledge.pool)))
@@ -220,7 +218,7 @@ def _fit_embedding(knowledge: PublicKnowledge, cache_dir: Path | None, min_per_l
     knowledge.info["embed_cache_hit"] = False
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"key": key, "center": knowledge.center, "components": knowledge.components,
+        atomic_torch_save({"version": EMBED_VERSION, "key": key, "center": knowledge.center, "components": knowledge.components,
                            "spectrum": knowledge.spectrum, "embedding": knowledge.embedding,
                            "scale": knowledge.scale, "within": knowledge.within, "between": knowledge.between},
                           path)

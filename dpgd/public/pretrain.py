@@ -36,7 +36,7 @@ from dpgd.models import seeded_model, weights_of
 from dpgd.progress import progress_bar
 from dpgd.public.pool import PublicPool
 from dpgd.seeding import derive_seed, stage_generator
-from dpgd.storage import atomic_torch_save
+from dpgd.storage import atomic_torch_save, load_versioned
 from dpgd.training import train_classifier
 
 log = logging.getLogger("dpgd")
@@ -186,16 +186,8 @@ def pretrain(cfg: PublicConfig, pool: PublicPool, model_cfg: ModelConfig, mean: 
 
 
 def _load(path: Path, key: str) -> PublicNetwork | None:
-    if not path.is_file():
-        return None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if data.get("version") != CACHE_VERSION or data.get("key") != key:
-            return None
-        return PublicNetwork(list(data["snapshots"]), tuple(data["label_names"]), key, dict(data["info"]))
-    except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError) as exc:
-        log.warning("ignoring an unreadable public-network cache file (%s); pretraining again", type(exc).__name__)
-        return None
+    return load_versioned(path, CACHE_VERSION, key, lambda data: PublicNetwork(
+        list(data["snapshots"]), tuple(data["label_names"]), key, dict(data["info"])), "public-network")
 
 
 def features_of(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
