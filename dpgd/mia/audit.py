@@ -131,6 +131,15 @@ def epsilon_lower_bound(
                       float(tpr_lo[0]), float(fpr_hi[0]), game)
 
 
+def _play(statistic: Callable[[bool], float], trials: int) -> tuple[np.ndarray, np.ndarray]:
+    """The canary game: ``trials`` releases with the target, then ``trials`` without."""
+    if trials < 4:
+        raise ValueError(f"an audit needs at least 4 trials per side, got {trials}")
+    scores_in = np.array([float(statistic(True)) for _ in range(trials)])
+    scores_out = np.array([float(statistic(False)) for _ in range(trials)])
+    return scores_in, scores_out
+
+
 def audit_release(
     statistic: Callable[[bool], float],
     trials: int,
@@ -141,10 +150,7 @@ def audit_release(
     """Run ``statistic(with_canary)`` ``trials`` times per side (each call one release with
     fresh noise) and bound epsilon: the first half of each side selects the threshold, the
     second half is the evidence."""
-    if trials < 4:
-        raise ValueError(f"an audit needs at least 4 trials per side, got {trials}")
-    scores_in = np.array([float(statistic(True)) for _ in range(trials)])
-    scores_out = np.array([float(statistic(False)) for _ in range(trials)])
+    scores_in, scores_out = _play(statistic, trials)
     half = trials // 2
     return epsilon_lower_bound(scores_in[:half], scores_out[:half], scores_in[half:], scores_out[half:],
                                delta, confidence, game)
@@ -198,10 +204,7 @@ def audit_release_gdp(
     """Run ``statistic(with_canary)`` ``trials`` times per side (each call one release with
     fresh noise) and bound mu with the pre-set ``threshold`` (for a score normalised so the
     canary moves it by 1 and the claimed noise std is sigma, the midpoint 0.5)."""
-    if trials < 4:
-        raise ValueError(f"an audit needs at least 4 trials per side, got {trials}")
-    scores_in = np.array([float(statistic(True)) for _ in range(trials)])
-    scores_out = np.array([float(statistic(False)) for _ in range(trials)])
+    scores_in, scores_out = _play(statistic, trials)
     return gdp_lower_bound(scores_in, scores_out, threshold, confidence, game)
 
 
