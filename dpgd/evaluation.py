@@ -26,7 +26,7 @@ from dpgd.errors import ConfigError
 from dpgd.models import seeded_model
 from dpgd.seeding import derive_seed, stage_generator
 from dpgd.tracking import Curve
-from dpgd.training import test_accuracy, train_classifier
+from dpgd.training import class_hits, train_classifier
 
 log = logging.getLogger("dpgd")
 
@@ -41,6 +41,8 @@ class EvalResult:
 
     accuracies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    # Per run, the accuracy (percent) on each class's test images.
+    class_accuracies: list[list[float]] = field(default_factory=list)
 
     @property
     def mean(self) -> float:
@@ -50,8 +52,14 @@ class EvalResult:
     def std(self) -> float:
         return statistics.pstdev(self.accuracies) if self.accuracies else float("nan")
 
+    @property
+    def class_means(self) -> list[float]:
+        """Each class's test accuracy, averaged over the runs (empty without per-class results)."""
+        return [statistics.fmean(column) for column in zip(*self.class_accuracies)]
+
     def to_dict(self) -> dict[str, object]:
-        return {"accuracies": list(self.accuracies), "mean": self.mean, "std": self.std, "seconds": self.seconds}
+        return {"accuracies": list(self.accuracies), "mean": self.mean, "std": self.std, "seconds": self.seconds,
+                "class_accuracies": [list(row) for row in self.class_accuracies]}
 
 
 def train_fresh_network(
@@ -112,9 +120,11 @@ def evaluate_distilled(
             on_epoch=None if curve is None else (
                 lambda epoch, metrics, r=run: curve(epoch, {f"train_loss_model{r}": metrics["loss"]})),
         )
-        accuracy = test_accuracy(model, dataset.test_images, dataset.test_labels, eval_cfg.test_batch_size)
-        result.accuracies.append(accuracy)
+        hits, sizes = class_hits(model, dataset.test_images, dataset.test_labels, dataset.num_classes,
+                                 eval_cfg.test_batch_size)
+        result.accuracies.append(100.0 * int(hits.sum()) / max(int(sizes.sum()), 1))
+        result.class_accuracies.append([100.0 * int(h) / int(n) if n > 0 else float("nan") for h, n in zip(hits, sizes)])
         if progress:
-            log.info("evaluation run %d/%d: test accuracy %.2f %%", run + 1, eval_cfg.runs, accuracy)
+            log.info("evaluation run %d/%d: test accuracy %.2f %%", run + 1, eval_cfg.runs, result.accuracies[-1])
     result.seconds = time.perf_counter() - started
     return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import platform
 import resource
@@ -148,7 +149,8 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str | None
         with timer.stage("eval"):
             saved = checkpoints.load("eval") if checkpoints else None
             if saved is not None:
-                evaluation = EvalResult([float(a) for a in saved["accuracies"]], float(saved["seconds"]))
+                evaluation = EvalResult([float(a) for a in saved["accuracies"]], float(saved["seconds"]),
+                                        [[float(a) for a in row] for row in saved.get("class_accuracies", [])])
             else:
                 train_images, train_labels = distilled.expanded()
                 evaluation = evaluate_distilled(
@@ -156,8 +158,11 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str | None
                     progress=True, curve=tracker.curve("eval"),
                 )
                 if checkpoints is not None:
-                    checkpoints.save("eval", {"accuracies": evaluation.accuracies, "seconds": evaluation.seconds})
-        tracker.log("eval", {"test_acc_mean": evaluation.mean, "test_acc_std": evaluation.std})
+                    checkpoints.save("eval", {"accuracies": evaluation.accuracies, "seconds": evaluation.seconds,
+                                              "class_accuracies": evaluation.class_accuracies})
+        tracker.log("eval", {"test_acc_mean": evaluation.mean, "test_acc_std": evaluation.std}
+                    | {f"test_acc_class/{name}": accuracy for name, accuracy in zip(dataset.class_names, evaluation.class_means)
+                       if math.isfinite(accuracy)})
 
         privacy = privacy_summary(ledger, epsilon_target=cfg.epsilon, delta=cfg.delta, noise=noise,
                                   public=release.public)
@@ -171,6 +176,8 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str | None
             "test_acc_mean": evaluation.mean,
             "test_acc_std": evaluation.std,
             "test_acc_runs": evaluation.accuracies,
+            "test_acc_per_class": {name: accuracy for name, accuracy in zip(dataset.class_names, evaluation.class_means)
+                                   if math.isfinite(accuracy)},
             "privacy": privacy,
             "release_id": ledger.release_id,
             "class_counts": release.counts.to_dict(),

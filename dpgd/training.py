@@ -173,4 +173,22 @@ def test_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     return 100.0 * correct_predictions(model, images, labels, batch_size) / max(images.shape[0], 1)
 
 
+def class_hits(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+               batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correct predictions of ``model`` and images, per class (int64, length ``num_classes``):
+    which classes a distilled set teaches, e.g. those its public knowledge lacks."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    labels = labels.cpu()
+    hits = torch.zeros(num_classes, dtype=torch.int64)
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            target = labels[start : start + batch_size]
+            right = model(images[start : start + batch_size].to(device)).argmax(dim=1).cpu() == target
+            hits += torch.bincount(target[right], minlength=num_classes)
+    model.train(was_training)
+    return hits, torch.bincount(labels, minlength=num_classes)
+
+
 test_accuracy.__test__ = False  # a library function whose name pytest would otherwise collect

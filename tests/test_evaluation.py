@@ -13,7 +13,7 @@ from dpgd.config import EvaluationConfig, ModelConfig
 from dpgd.data.bundle import ImageDataset
 from dpgd.errors import ConfigError
 from dpgd.evaluation import EvalResult, evaluate_distilled
-from dpgd.training import test_accuracy, train_classifier
+from dpgd.training import class_hits, test_accuracy, train_classifier
 
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
@@ -199,6 +199,21 @@ def test_test_accuracy_is_percent() -> None:
 
     labels = torch.tensor([0, 0, 0, 1])
     assert test_accuracy(Constant(), torch.zeros(4, 1, 2, 2), labels, batch_size=3) == 75.0
+    # Per class: class 0 always right, class 1 always wrong, class 2 has no images.
+    hits, sizes = class_hits(Constant(), torch.zeros(4, 1, 2, 2), labels, num_classes=3, batch_size=3)
+    assert hits.tolist() == [3, 0, 0] and sizes.tolist() == [3, 1, 0]
+
+
+def test_class_accuracies_agree_with_the_overall_accuracy(digits_split: ImageDataset) -> None:
+    images, labels = _real_subset(digits_split, 5, seed=1)
+    cfg = EvaluationConfig(runs=2, epochs=10)
+    result = evaluate_distilled(images, labels, digits_split, MODEL, cfg, torch.device("cpu"), seed=3, progress=False)
+    sizes = torch.bincount(digits_split.test_labels, minlength=10).double()
+    for overall, per_class in zip(result.accuracies, result.class_accuracies):
+        assert len(per_class) == 10
+        assert overall == pytest.approx(float((torch.tensor(per_class, dtype=torch.float64) * sizes).sum() / sizes.sum()), abs=1e-9)
+    assert len(set(result.class_accuracies[0])) > 2  # classes differ: not one number copied
+    assert result.class_means == pytest.approx([(a + b) / 2 for a, b in zip(*result.class_accuracies)])
 
 
 def test_eval_result_statistics() -> None:
