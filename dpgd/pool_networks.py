@@ -177,6 +177,3 @@ def _code_version() -> str:
         digest.update(Path(module.__file__).read_bytes())
     digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()
-
-
-
