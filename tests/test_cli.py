@@ -161,9 +161,9 @@ def test_ctrl_c_stops_with_status_130_and_names_the_stage(tmp_path):
         assert time.monotonic() < deadline and proc.poll() is None, "matching never started"
         time.sleep(0.5)
     time.sleep(2)
-    # A Ctrl-C that lands while Python runs a finaliser (__del__) is printed and dropped by
-    # the interpreter (seen once in a full suite: matching ran on for 2 minutes), so press
-    # it again as a user would; the run must stop within three presses.
+    # One Ctrl-C was lost once in a full suite (matching ran on for 2 minutes; a signal that
+    # lands in a finaliser is dropped by the interpreter, the likely cause), so press again
+    # as a user would; the run must stop within three presses.
     for press in range(3):
         proc.send_signal(signal.SIGINT)
         try:
