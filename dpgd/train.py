@@ -160,9 +160,10 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str | None
                 if checkpoints is not None:
                     checkpoints.save("eval", {"accuracies": evaluation.accuracies, "seconds": evaluation.seconds,
                                               "class_accuracies": evaluation.class_accuracies})
+        per_class = {name: accuracy for name, accuracy in zip(dataset.class_names, evaluation.class_means)
+                     if math.isfinite(accuracy)}
         tracker.log("eval", {"test_acc_mean": evaluation.mean, "test_acc_std": evaluation.std}
-                    | {f"test_acc_class/{name}": accuracy for name, accuracy in zip(dataset.class_names, evaluation.class_means)
-                       if math.isfinite(accuracy)})
+                    | {f"test_acc_class/{name}": accuracy for name, accuracy in per_class.items()})
 
         privacy = privacy_summary(ledger, epsilon_target=cfg.epsilon, delta=cfg.delta, noise=noise,
                                   public=release.public)
@@ -176,8 +177,7 @@ def run(config: DictConfig | TrainConfig, output_dir: Path, run_name: str | None
             "test_acc_mean": evaluation.mean,
             "test_acc_std": evaluation.std,
             "test_acc_runs": evaluation.accuracies,
-            "test_acc_per_class": {name: accuracy for name, accuracy in zip(dataset.class_names, evaluation.class_means)
-                                   if math.isfinite(accuracy)},
+            "test_acc_per_class": per_class,
             "privacy": privacy,
             "release_id": ledger.release_id,
             "class_counts": release.counts.to_dict(),

@@ -29,7 +29,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -186,14 +186,15 @@ def _fit_embedding(knowledge: PublicKnowledge, cache_dir: Path | None, min_per_l
     key = hashlib.sha256(f"{EMBED_VERSION}|{knowledge.network.key}|{knowledge.pool.fingerprint}|"
                          f"{knowledge.shape}|{min_per_label}".encode()).hexdigest()
     path = None if cache_dir is None else Path(cache_dir) / "public" / f"embedding-{key[:32]}.pt"
-    fields = ("center", "components", "spectrum", "embedding", "scale", "within", "between")
-    cached = load_versioned(path, EMBED_VERSION, key, lambda data: {name: data[name] for name in fields},
-                            "public-embedding")
-    if cached is not None:
-        knowledge.center, knowledge.components = cached["center"], cached["components"]
-        knowledge.spectrum, knowledge.embedding = cached["spectrum"], cached["embedding"]
-        knowledge.scale = float(cached["scale"])
-        knowledge.within, knowledge.between = cached["within"], cached["between"]
+    def restore(data: Mapping[str, Any]) -> bool:
+        # A file missing a field fails here and is refitted below, which overwrites every field.
+        knowledge.center, knowledge.components = data["center"], data["components"]
+        knowledge.spectrum, knowledge.embedding = data["spectrum"], data["embedding"]
+        knowledge.scale = float(data["scale"])
+        knowledge.within, knowledge.between = data["within"], data["between"]
+        return True
+
+    if load_versioned(path, EMBED_VERSION, key, restore, "public-embedding"):
         knowledge.info["embed_cache_hit"] = True
         return
     features = []
