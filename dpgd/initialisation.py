@@ -13,6 +13,11 @@ so they cost no privacy beyond the generator's (post-processing):
   diverse and typical.
 * ``random_pool``: random pool images per class.
 
+Either selection can then be matched to the whole pool (``init.pool_matching_iterations``,
+:func:`match_to_pool`): DM (random ConvNets, no clipping, no noise) with the pool as its
+data, so the few stored images summarise the pool instead of sampling it. It reads the
+pool and public seeds only: post-processing, free.
+
 Multi-formation (factor m): each stored image packs m x m pool images, downscaled to
 ``1/m`` of the side (:func:`dpgd.distilled.pack_multi_formation`), so ``ipc`` stored
 images hold ``ipc * m^2`` training images.
@@ -20,16 +25,19 @@ images hold ``ipc * m^2`` training images.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 import torch
 
-from dpgd.config import InitConfig
+from dpgd.config import InitConfig, MatcherConfig, ModelConfig
 from dpgd.data import ImageDataset
 from dpgd.distilled import DistilledSet, pack_multi_formation
 from dpgd.errors import ConfigError
+from dpgd.matching.extractors import RandomExtractors
+from dpgd.matching.loop import match
 from dpgd.seeding import derive_seed, stage_generator
 
 INIT_NAMES = ("noise", "real", "kmeans", "random_pool")
@@ -82,6 +90,12 @@ def check_init(init_cfg: InitConfig, generator_name: str, image_size: Optional[t
     factor = init_cfg.multi_formation
     if factor < 1:
         raise ConfigError(f"init.multi_formation={factor} must be 1 (off) or more (2 = four tiles per image).")
+    if init_cfg.pool_matching_iterations < 0 or init_cfg.pool_matching_batch < 1:
+        raise ConfigError("init.pool_matching_iterations must be 0 (off) or more and init.pool_matching_batch "
+                          "at least 1.")
+    if init_cfg.pool_matching_iterations and name not in POOL_INITS:
+        raise ConfigError(f"init.pool_matching_iterations matches a pool selection to its pool; init={name} has "
+                          "no pool. Use init=kmeans (with a generator) or set it to 0.")
     if name in POOL_INITS:
         if str(generator_name) == "none":
             raise ConfigError(f"init={name} needs a generator; set generator=dp_merf (or dp_sgd, pe).")
@@ -149,6 +163,44 @@ def initialise_from_pool(
     return DistilledSet(
         pack_multi_formation(images, factor), class_balanced_labels(dataset.num_classes, ipc), factor=factor
     )
+
+
+def match_to_pool(
+    distilled: DistilledSet,
+    pool: PoolLike,
+    dataset: ImageDataset,
+    init_cfg: InitConfig,
+    model_cfg: ModelConfig,
+    seed: int,
+    device: torch.device,
+    *,
+    progress: bool = False,
+    on_iteration: Callable[[int, dict[str, float | torch.Tensor]], None] | None = None,
+) -> DistilledSet:
+    """``distilled`` after ``init_cfg.pool_matching_iterations`` of DM against ``pool``.
+
+    The matcher's data set is the pool alone (``dataset`` lends only its class names and
+    normalisation; its private splits are left out), the extractors are fresh random
+    networks and every draw comes from the public seed: post-processing of the pool.
+    """
+    iterations = init_cfg.pool_matching_iterations
+    if iterations == 0:
+        return distilled
+    pool_data = dataclasses.replace(
+        dataset, name="pool", train_images=pool.images, train_labels=pool.labels,
+        test_images=pool.images[:0], test_labels=pool.labels[:0],
+    )
+    matcher_cfg = MatcherConfig(name="dm", iterations=iterations, batch_real=init_cfg.pool_matching_batch,
+                                extractors="random")
+    extractors = RandomExtractors(model_cfg, dataset.channels, dataset.num_classes, dataset.image_size,
+                                  stage_generator(seed, "init", "pool_matching", "extractors"), device)
+    images, _ = match(
+        distilled.images, distilled.labels, pool_data, matcher_cfg, extractors=extractors, noise_multiplier=None,
+        generator=stage_generator(seed, "init", "pool_matching", "augment"),
+        noise_generator=stage_generator(seed, "init", "pool_matching", "unused"), device=device,
+        on_iteration=on_iteration, progress=progress, factor=distilled.factor,
+    )
+    return DistilledSet(images, distilled.labels, factor=distilled.factor)
 
 
 def _sklearn_seed(seed: int, label: int) -> int:

@@ -20,7 +20,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -39,7 +39,7 @@ from dpgd.expert import (
 from dpgd.models import build_model
 from dpgd.generators import Pool, declare_pool, generate_pool, pool_report
 from dpgd.generators.cache import local_secret, resolve_cache_dir
-from dpgd.initialisation import POOL_INITS, check_init, initialise, initialise_from_pool
+from dpgd.initialisation import POOL_INITS, check_init, initialise, initialise_from_pool, match_to_pool
 from dpgd.matching import (
     ExtractorSource, LoopCheckpoint, MatchingStats, PoolTrainedExtractors, RandomExtractors, match,
 )
@@ -243,6 +243,10 @@ def distill(
         elif cfg.init.name in POOL_INITS:
             distilled = initialise_from_pool(cfg.init, pool, dataset, cfg.ipc, cfg.seed,
                                              embedding=None if networks is None else networks.final())
+            if cfg.init.pool_matching_iterations:
+                assert pool is not None  # initialise_from_pool refuses a missing pool
+                distilled = match_to_pool(distilled, pool, dataset, cfg.init, cfg.model, cfg.seed, ctx.device,
+                                          progress=ctx.progress, on_iteration=pool_matching_logger(ctx.tracker, cfg.init.pool_matching_iterations))
         else:
             distilled = initialise(cfg.init.name, dataset, cfg.ipc, cfg.epsilon, stage_generator(cfg.seed, "init"))
         if saved is None:
@@ -292,6 +296,17 @@ def distill(
             metrics["select"] = chosen.to_dict()
     return Release(distilled, counts, None if pool is None else bool(pool.info.get("cache_hit", False)), match_stats,
                    chosen, None if public is None else public.describe(), None if public is None else public.info)
+
+
+def pool_matching_logger(tracker: Tracker, iterations: int) -> Callable[[int, dict[str, Any]], None]:
+    """Logs the pool-matching loss (computed from the DP pool: public) ~50 times a run."""
+    every = max(1, iterations // 50)
+
+    def log_loss(iteration: int, values: dict[str, Any]) -> None:
+        if iteration % every == 0 or iteration == iterations - 1:
+            tracker.log("init", {"pool_match_loss": float(values["match_loss"])}, step=iteration)
+
+    return log_loss
 
 
 def public_extractors(cfg: TrainConfig, networks: PoolNetworks | None,
