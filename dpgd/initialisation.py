@@ -14,7 +14,7 @@ so they cost no privacy beyond the generator's (post-processing):
 * ``random_pool``: random pool images per class.
 
 Either selection can then be matched to the whole pool (``init.pool_matching_iterations``,
-:func:`match_to_pool`): DM (random ConvNets, no clipping, no noise) with the pool as its
+:func:`dpgd.matching.to_pool.match_to_pool`, run by the pipeline): DM (random ConvNets, no clipping, no noise) with the pool as its
 data, so the few stored images summarise the pool instead of sampling it. It reads the
 pool and public seeds only: post-processing, free.
 
@@ -25,19 +25,16 @@ images hold ``ipc * m^2`` training images.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Callable, Optional, Protocol
+from typing import Optional, Protocol
 
 import numpy as np
 import torch
 
-from dpgd.config import InitConfig, MatcherConfig, ModelConfig
+from dpgd.config import InitConfig
 from dpgd.data import ImageDataset
 from dpgd.distilled import DistilledSet, pack_multi_formation
 from dpgd.errors import ConfigError
-from dpgd.matching.extractors import RandomExtractors
-from dpgd.matching.loop import match
 from dpgd.seeding import derive_seed, stage_generator
 
 INIT_NAMES = ("noise", "real", "kmeans", "random_pool")
@@ -163,44 +160,6 @@ def initialise_from_pool(
     return DistilledSet(
         pack_multi_formation(images, factor), class_balanced_labels(dataset.num_classes, ipc), factor=factor
     )
-
-
-def match_to_pool(
-    distilled: DistilledSet,
-    pool: PoolLike,
-    dataset: ImageDataset,
-    init_cfg: InitConfig,
-    model_cfg: ModelConfig,
-    seed: int,
-    device: torch.device,
-    *,
-    progress: bool = False,
-    on_iteration: Callable[[int, dict[str, float | torch.Tensor]], None] | None = None,
-) -> DistilledSet:
-    """``distilled`` after ``init_cfg.pool_matching_iterations`` of DM against ``pool``.
-
-    The matcher's data set is the pool alone (``dataset`` lends only its class names and
-    normalisation; its private splits are left out), the extractors are fresh random
-    networks and every draw comes from the public seed: post-processing of the pool.
-    """
-    iterations = init_cfg.pool_matching_iterations
-    if iterations == 0:
-        return distilled
-    pool_data = dataclasses.replace(
-        dataset, name="pool", train_images=pool.images, train_labels=pool.labels,
-        test_images=pool.images[:0], test_labels=pool.labels[:0],
-    )
-    matcher_cfg = MatcherConfig(name="dm", iterations=iterations, batch_real=init_cfg.pool_matching_batch,
-                                extractors="random")
-    extractors = RandomExtractors(model_cfg, dataset.channels, dataset.num_classes, dataset.image_size,
-                                  stage_generator(seed, "init", "pool_matching", "extractors"), device)
-    images, _ = match(
-        distilled.images, distilled.labels, pool_data, matcher_cfg, extractors=extractors, noise_multiplier=None,
-        generator=stage_generator(seed, "init", "pool_matching", "augment"),
-        noise_generator=stage_generator(seed, "init", "pool_matching", "unused"), device=device,
-        on_iteration=on_iteration, progress=progress, factor=distilled.factor,
-    )
-    return DistilledSet(images, distilled.labels, factor=distilled.factor)
 
 
 def _sklearn_seed(seed: int, label: int) -> int:

@@ -39,9 +39,9 @@ from dpgd.expert import (
 from dpgd.models import build_model
 from dpgd.generators import Pool, declare_pool, generate_pool, pool_report
 from dpgd.generators.cache import local_secret, resolve_cache_dir
-from dpgd.initialisation import POOL_INITS, check_init, initialise, initialise_from_pool, match_to_pool
+from dpgd.initialisation import POOL_INITS, check_init, initialise, initialise_from_pool
 from dpgd.matching import (
-    ExtractorSource, LoopCheckpoint, MatchingStats, PoolTrainedExtractors, RandomExtractors, match,
+    ExtractorSource, LoopCheckpoint, MatchingStats, PoolTrainedExtractors, RandomExtractors, match, match_to_pool,
 )
 from dpgd.pool_networks import PoolNetworks, train_pool_networks
 from dpgd.privacy import NoisePlan, PrivacyLedger, ReleaseLog, SubsampledGaussian, declare_planned

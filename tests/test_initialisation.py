@@ -12,7 +12,8 @@ from dpgd.config import InitConfig, ModelConfig, PoolNetsConfig
 from dpgd.errors import ConfigError
 from dpgd.generators import Pool
 from dpgd.distilled import DistilledSet, expand_multi_formation, pack_multi_formation
-from dpgd.initialisation import check_init, initialise, initialise_from_pool, kmeans_nearest, match_to_pool
+from dpgd.initialisation import check_init, initialise, initialise_from_pool, kmeans_nearest
+from dpgd.matching import match_to_pool
 from dpgd.models import seeded_model
 from dpgd.pool_networks import train_pool_networks
 

@@ -18,11 +18,13 @@ matching loss live in the same space (a deterministic map, no privacy cost).
 
 Modules: ``extractors`` (the networks matched through), ``release`` (batch sampling and
 the Gaussian mechanism: everything that reads private records), ``loop`` (the matching
-loop and its two class targets).
+loop and its two class targets), ``to_pool`` (DM of an initial selection to its DP pool:
+post-processing).
 """
 
 from dpgd.matching.extractors import ExtractorSource, PoolTrainedExtractors, RandomExtractors
 from dpgd.matching.loop import DmTarget, DpTarget, LoopCheckpoint, MatchingStats, match
+from dpgd.matching.to_pool import match_to_pool
 from dpgd.matching.release import (
     NoiseSpec,
     class_means,
@@ -47,6 +49,7 @@ __all__ = [
     "clip_rows",
     "fixed_per_class_batches",
     "match",
+    "match_to_pool",
     "noise_schedule_fn",
     "poisson_batches",
     "privacy_request",
