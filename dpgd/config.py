@@ -85,8 +85,8 @@ class InitConfig:
     # kmeans/random_pool: iterations of distribution matching (DM: random ConvNets, no
     # clipping, no noise) of the selected images to the WHOLE pool, before any private
     # matching. Post-processing of the DP pool (free). A pool of 200 images a class trains
-    # better networks than 10 of its medoids (PE over public32 at epsilon 1: 34 % vs
-    # 25 %); DM compresses the pool instead of sampling it. 0 = off.
+    # better networks than 10 of its medoids (PE over public32 at epsilon 1: ~32 % vs
+    # ~25 %); DM compresses the pool instead of sampling it. 0 = off.
     pool_matching_iterations: int = 0
     # Pool images per class in each DM target (DM's batch_real).
     pool_matching_batch: int = 256

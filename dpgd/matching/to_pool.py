@@ -1,7 +1,7 @@
 """Matching a pool selection to the whole DP pool (``init.pool_matching_iterations``).
 
 The initialisation keeps ``ipc`` pool images a class; the pool it chose them from trains
-better networks than they do (PE over public32 at epsilon 1: ~33 % for 200 a class, ~25 %
+better networks than they do (PE over public32 at epsilon 1: ~32 % for 200 a class, ~25 %
 for ten medoids). Distribution matching with the pool as its data set compresses the
 pool into the stored images instead of sampling it. The matcher sees the pool alone and
 every draw comes from public seeds, so this is post-processing of the pool: free.
