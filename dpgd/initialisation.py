@@ -13,10 +13,10 @@ so they cost no privacy beyond the generator's (post-processing):
   diverse and typical.
 * ``random_pool``: random pool images per class.
 
-Either selection can then be matched to the whole pool (``init.pool_matching_iterations``,
-:func:`dpgd.matching.to_pool.match_to_pool`, run by the pipeline): DM (random ConvNets, no clipping, no noise) with the pool as its
-data, so the few stored images summarise the pool instead of sampling it. It reads the
-pool and public seeds only: post-processing, free.
+Either selection can then be matched to the whole pool (``init.pool_matching_iterations``;
+:func:`dpgd.matching.to_pool.match_to_pool`, run by the pipeline): DM (random ConvNets, no
+clipping, no noise) with the pool as its data, so the few stored images summarise the pool
+instead of sampling it. It reads the pool and public seeds only: post-processing, free.
 
 Multi-formation (factor m): each stored image packs m x m pool images, downscaled to
 ``1/m`` of the side (:func:`dpgd.distilled.pack_multi_formation`), so ``ipc`` stored
