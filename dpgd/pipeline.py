@@ -245,8 +245,11 @@ def distill(
                                              embedding=None if networks is None else networks.final())
             if cfg.init.pool_matching_iterations:
                 assert pool is not None  # initialise_from_pool refuses a missing pool
-                distilled = match_to_pool(distilled, pool, dataset, cfg.init, cfg.model, cfg.seed, ctx.device,
-                                          progress=ctx.progress, on_iteration=pool_matching_logger(ctx.tracker, cfg.init.pool_matching_iterations))
+                distilled = match_to_pool(
+                    distilled, pool.images, pool.labels, dataset, cfg.init, cfg.model, cfg.seed, ctx.device,
+                    progress=ctx.progress, on_iteration=loop_logger(
+                        ctx.tracker, "init", cfg.init.pool_matching_iterations, 50, {"match_loss": "pool_match_loss"}),
+                )
         else:
             distilled = initialise(cfg.init.name, dataset, cfg.ipc, cfg.epsilon, stage_generator(cfg.seed, "init"))
         if saved is None:
@@ -298,15 +301,19 @@ def distill(
                    chosen, None if public is None else public.describe(), None if public is None else public.info)
 
 
-def pool_matching_logger(tracker: Tracker, iterations: int) -> Callable[[int, dict[str, Any]], None]:
-    """Logs the pool-matching loss (computed from the DP pool: public) ~50 times a run."""
-    every = max(1, iterations // 50)
+def loop_logger(tracker: Tracker, stage: str, iterations: int, times: int,
+                names: dict[str, str] | None = None) -> Callable[[int, dict[str, Any]], None]:
+    """An ``on_iteration`` for a matching loop: logs its values (DP outputs only) under
+    ``stage`` about ``times`` times a run and at the last iteration; ``names`` keeps only
+    the values it names, renamed."""
+    every = max(1, iterations // times)
 
-    def log_loss(iteration: int, values: dict[str, Any]) -> None:
+    def log(iteration: int, values: dict[str, Any]) -> None:
         if iteration % every == 0 or iteration == iterations - 1:
-            tracker.log("init", {"pool_match_loss": float(values["match_loss"])}, step=iteration)
+            kept = values.items() if names is None else ((names[k], v) for k, v in values.items() if k in names)
+            tracker.log(stage, {key: float(value) for key, value in kept}, step=iteration)
 
-    return log_loss
+    return log
 
 
 def public_extractors(cfg: TrainConfig, networks: PoolNetworks | None,
@@ -540,12 +547,7 @@ def run_matching(
     else:  # random (check_stage_combinations refuses any other name)
         extractors = RandomExtractors(cfg.model, dataset.channels, dataset.num_classes, dataset.image_size, pick,
                                       ctx.device)
-    log_every = max(1, cfg.matcher.iterations // 100)
-
-    def on_iteration(iteration: int, values: dict[str, float | torch.Tensor]) -> None:
-        if iteration % log_every == 0 or iteration == cfg.matcher.iterations - 1:
-            ctx.tracker.log("match", {key: float(value) for key, value in values.items()}, step=iteration)
-
+    on_iteration = loop_logger(ctx.tracker, "match", cfg.matcher.iterations, 100)
     snapshot_at = set()
     if selection.runs(cfg.selection, cfg.matcher):
         snapshot_at = set(selection.candidate_iterations(cfg.matcher.iterations, cfg.selection.candidates))

@@ -153,13 +153,13 @@ def class_mean_gap(images: torch.Tensor, labels: torch.Tensor, pool: Pool, digit
 def test_pool_matching_moves_the_selection_toward_the_whole_pool(digits, pool) -> None:
     cfg = InitConfig(name="random_pool", pool_matching_iterations=40)
     start = initialise_from_pool(cfg, pool, digits, 2, seed=0)
-    moved = match_to_pool(start, pool, digits, cfg, SMALL_NET, seed=0, device=CPU)
+    moved = match_to_pool(start, pool.images, pool.labels, digits, cfg, SMALL_NET, seed=0, device=CPU)
     assert moved.labels.tolist() == start.labels.tolist() and moved.factor == 1
     before, after = class_mean_gap(start.images, start.labels, pool, digits), class_mean_gap(
         moved.images, moved.labels, pool, digits)
     assert after < 0.4 * before, (before, after)  # measured 0.17
     off = dataclasses.replace(cfg, pool_matching_iterations=0)
-    assert match_to_pool(start, pool, digits, off, SMALL_NET, seed=0, device=CPU) is start
+    assert match_to_pool(start, pool.images, pool.labels, digits, off, SMALL_NET, seed=0, device=CPU) is start
 
 
 def test_pool_matching_reads_the_pool_and_no_private_record(digits, pool) -> None:
@@ -168,8 +168,8 @@ def test_pool_matching_reads_the_pool_and_no_private_record(digits, pool) -> Non
     start = initialise_from_pool(cfg, pool, digits, 2, seed=0)
     poisoned = dataclasses.replace(digits, train_images=torch.full_like(digits.train_images, float("nan")),
                                    test_images=torch.full_like(digits.test_images, float("nan")))
-    clean = match_to_pool(start, pool, digits, cfg, SMALL_NET, seed=0, device=CPU)
-    sentinel = match_to_pool(start, pool, poisoned, cfg, SMALL_NET, seed=0, device=CPU)
+    clean = match_to_pool(start, pool.images, pool.labels, digits, cfg, SMALL_NET, seed=0, device=CPU)
+    sentinel = match_to_pool(start, pool.images, pool.labels, poisoned, cfg, SMALL_NET, seed=0, device=CPU)
     assert torch.isfinite(sentinel.images).all()
     assert torch.equal(clean.images, sentinel.images)
     assert not torch.equal(clean.images, start.images)

@@ -10,7 +10,7 @@ every draw comes from public seeds, so this is post-processing of the pool: free
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 
@@ -22,16 +22,10 @@ from dpgd.matching.loop import match
 from dpgd.seeding import stage_generator
 
 
-class PoolLike(Protocol):
-    """What matching to the pool reads of :class:`dpgd.generators.Pool`."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-
 def match_to_pool(
     distilled: DistilledSet,
-    pool: PoolLike,
+    pool_images: torch.Tensor,
+    pool_labels: torch.Tensor,
     dataset: ImageDataset,
     init_cfg: InitConfig,
     model_cfg: ModelConfig,
@@ -41,7 +35,8 @@ def match_to_pool(
     progress: bool = False,
     on_iteration: Callable[[int, dict[str, float | torch.Tensor]], None] | None = None,
 ) -> DistilledSet:
-    """``distilled`` after ``init_cfg.pool_matching_iterations`` of DM against ``pool``.
+    """``distilled`` after ``init_cfg.pool_matching_iterations`` of DM against the pool
+    (``pool_images``, normalised like ``dataset``, and their ``pool_labels``).
 
     The matcher's data set is the pool alone (``dataset`` lends only its class names and
     normalisation; its private splits are left out), the extractors are fresh random
@@ -51,8 +46,8 @@ def match_to_pool(
     if iterations == 0:
         return distilled
     pool_data = dataclasses.replace(
-        dataset, name="pool", train_images=pool.images, train_labels=pool.labels,
-        test_images=pool.images[:0], test_labels=pool.labels[:0],
+        dataset, name="pool", train_images=pool_images, train_labels=pool_labels,
+        test_images=pool_images[:0], test_labels=pool_labels[:0],
     )
     matcher_cfg = MatcherConfig(name="dm", iterations=iterations, batch_real=init_cfg.pool_matching_batch,
                                 extractors="random")
